@@ -1,0 +1,1 @@
+"""The Ray Serve application: OpenAI-compatible gateway, model deployments and their config."""
