@@ -26,11 +26,16 @@ SOURCE_SCHEMES = ("hf://", "s3://", "pvc://", "file://", "builtin://")
 DNS_1123_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
+def camel_alias(name: str) -> str:
+    """snake_case -> the camelCase of Kubernetes manifests, with USD kept upper-case."""
+    return to_camel(name).replace("Usd", "USD")
+
+
 class Spec(BaseModel):
     """Base of every spec model: camelCase in manifests, unknown fields refused."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False
+        alias_generator=camel_alias, populate_by_name=True, extra="forbid", use_enum_values=False
     )
 
 
@@ -287,7 +292,7 @@ class ConditionStatus(StrEnum):
 class Condition(Spec):
     """A Kubernetes-style status condition."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
 
     type: str = Field(description="Ready, Progressing, Degraded, Valid or CostCapped.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
@@ -298,7 +303,7 @@ class Condition(Spec):
 
 
 class ReplicaStatus(Spec):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
 
     desired: int = Field(default=0, description="Replicas the autoscaler wants.")
     ready: int = Field(default=0, description="Replicas serving.")
@@ -307,7 +312,7 @@ class ReplicaStatus(Spec):
 class ModelDeploymentStatus(Spec):
     """What the operator observed; written by the operator only."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
 
     conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
     observed_generation: int | None = Field(default=None, description="Last reconciled generation.")
@@ -324,7 +329,7 @@ class ModelDeploymentStatus(Spec):
 class ObjectMeta(BaseModel):
     """The parts of Kubernetes metadata frugalserve reads; the rest passes through."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=camel_alias)
 
     name: str = Field(pattern=DNS_1123_NAME, max_length=63, description="Object name.")
     namespace: str = Field(default="default", pattern=DNS_1123_NAME, max_length=63)
@@ -421,7 +426,7 @@ class TenantState(StrEnum):
 
 
 class TokensUsed(Spec):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
 
     prompt: int = Field(default=0, description="Prompt tokens this period.")
     completion: int = Field(default=0, description="Completion tokens this period.")
@@ -430,7 +435,7 @@ class TokensUsed(Spec):
 class TenantStatus(Spec):
     """The ledger's view of the tenant, copied by the operator every few seconds."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
 
     spent_usd: float | None = Field(default=None, description="Spent this period, USD.")
     tokens_used: TokensUsed | None = Field(default=None, description="Tokens this period.")

@@ -1,1 +1,1 @@
-"""The kopf operator: thin handlers over pure render/diff functions. Nothing imports this package."""
+"""The kopf operator: thin handlers over pure render/diff functions. Nothing imports it."""

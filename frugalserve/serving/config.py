@@ -203,7 +203,7 @@ def serve_application(
         {
             "name": GATEWAY_DEPLOYMENT,
             "num_replicas": app.gateway_replicas,
-            "user_config": user_config.model_dump(mode="json"),
+            "user_config": user_config.model_dump(mode="json", exclude_none=True),
         }
     ]
     for model in app.models:
@@ -218,7 +218,7 @@ def serve_application(
         "name": name,
         "route_prefix": "/",
         "import_path": APP_IMPORT_PATH,
-        "args": app.model_dump(mode="json"),
+        "args": app.model_dump(mode="json", exclude_none=True),
         "deployments": deployments,
     }
 
