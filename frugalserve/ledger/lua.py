@@ -1,0 +1,248 @@
+"""Lua scripts of the Redis ledger: each operation is one script, so it is atomic on the server
+and timed by the server's clock (`TIME`). Loaded by `redis_backend.RedisLedger`.
+
+Keys (prefix P): P..'tenant:'..name (hash), P..'tenants' (set), P..'req:'..id (hash),
+P..'leases' (sorted set of open request ids by expiry), P..'settlements' (stream).
+Numbers are passed and stored as decimal strings; `istr` avoids Lua's %.14g formatting."""
+
+PRELUDE = r"""
+local function istr(x) return string.format('%d', x) end
+
+local function now_us(offset_us)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(offset_us)
+end
+
+local function fetch(key)
+  local flat = redis.call('HGETALL', key)
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  return h
+end
+"""
+
+PERIOD_BOUNDS = r"""
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+-- [start, end) of the UTC period holding now_s, in seconds; end is -1 for 'never'
+local function period_bounds(period, now_s)
+  if period == 'hourly' then return now_s - now_s % 3600, now_s - now_s % 3600 + 3600 end
+  if period == 'daily' then return now_s - now_s % 86400, now_s - now_s % 86400 + 86400 end
+  local day = math.floor(now_s / 86400)
+  if period == 'weekly' then
+    local s = (day - (day + 3) % 7) * 86400
+    return s, s + 7 * 86400
+  end
+  if period == 'monthly' then
+    local y, m = civil_from_days(day)
+    local ny, nm = y, m + 1
+    if nm == 13 then ny, nm = y + 1, 1 end
+    return days_from_civil(y, m, 1) * 86400, days_from_civil(ny, nm, 1) * 86400
+  end
+  return now_s, -1
+end
+"""
+
+TENANT = r"""
+local function start_period(key, period, now)
+  local s, e = period_bounds(period, math.floor(now / 1000000))
+  local e_us = ''
+  if e >= 0 then e_us = istr(e * 1000000) end
+  redis.call('HSET', key, 'period', period, 'period_start_us', istr(s * 1000000),
+    'period_end_us', e_us)
+end
+
+-- start a new period, resetting spent usage, when the current one has ended
+local function roll(key, now)
+  local t = redis.call('HMGET', key, 'period', 'period_end_us')
+  if t[2] ~= '' and now >= tonumber(t[2]) then
+    start_period(key, t[1], now)
+    redis.call('HSET', key, 'spent_micros', 0, 'tokens_prompt', 0, 'tokens_completion', 0)
+  end
+end
+
+local function remaining(limit, used)
+  if limit == '' then return nil end
+  return math.max(0, tonumber(limit) - used)
+end
+
+-- move a reservation into spent usage and append its settlement event
+local function charge(prefix, req_key, id, r, cost, prompt, completion, now, clamped, expired)
+  local tkey = prefix .. 'tenant:' .. r.tenant
+  roll(tkey, now)
+  redis.call('HINCRBY', tkey, 'reserved_micros', istr(-tonumber(r.cost_max)))
+  redis.call('HINCRBY', tkey, 'reserved_tokens', istr(-tonumber(r.tokens_max)))
+  redis.call('HINCRBY', tkey, 'in_flight', -1)
+  redis.call('HINCRBY', tkey, 'spent_micros', istr(cost))
+  redis.call('HINCRBY', tkey, 'tokens_prompt', istr(prompt))
+  redis.call('HINCRBY', tkey, 'tokens_completion', istr(completion))
+  local state = 'settled'
+  if expired == 1 then state = 'expired' end
+  local fields = {'request_id', id, 'tenant', r.tenant, 'model', r.model,
+    'prompt_tokens', istr(prompt), 'completion_tokens', istr(completion),
+    'cost_micros', istr(cost), 'price_version', r.price_version, 'at_us', istr(now),
+    'clamped', istr(clamped), 'expired', istr(expired)}
+  redis.call('HSET', req_key, 'state', state, unpack(fields))
+  redis.call('ZREM', prefix .. 'leases', id)
+  redis.call('XADD', prefix .. 'settlements', '*', unpack(fields))
+  return fields
+end
+
+local function charge_in_full(prefix, req_key, id, r, now)
+  return charge(prefix, req_key, id, r, tonumber(r.cost_max), 0, tonumber(r.tokens_max),
+    now, 0, 1)
+end
+"""
+
+# KEYS: tenant, tenants set. ARGV: offset_us, name, limit_micros, limit_tokens, period,
+# requests_per_minute, tokens_per_minute ('' means unlimited)
+CONFIGURE = r"""
+local now = now_us(ARGV[1])
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then
+  redis.call('HSET', key, 'spent_micros', 0, 'reserved_micros', 0, 'tokens_prompt', 0,
+    'tokens_completion', 0, 'reserved_tokens', 0, 'in_flight', 0, 'window_start_us', 0,
+    'window_requests', 0, 'window_tokens', 0)
+  start_period(key, ARGV[5], now)
+end
+roll(key, now)
+if redis.call('HGET', key, 'period') ~= ARGV[5] then start_period(key, ARGV[5], now) end
+redis.call('HSET', key, 'limit_micros', ARGV[3], 'limit_tokens', ARGV[4],
+  'requests_per_minute', ARGV[6], 'tokens_per_minute', ARGV[7])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 'ok'
+"""
+
+# KEYS: tenant, req, leases. ARGV: offset_us, request_id, cost_max, tokens_max, lease_us,
+# model, price_version, tenant
+RESERVE = r"""
+local now = now_us(ARGV[1])
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then return {'unknown_tenant'} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
+roll(key, now)
+local t = fetch(key)
+local cost, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rem_m = remaining(t.limit_micros, tonumber(t.spent_micros) + tonumber(t.reserved_micros))
+local rem_t = remaining(t.limit_tokens, tonumber(t.tokens_prompt)
+  + tonumber(t.tokens_completion) + tonumber(t.reserved_tokens))
+local function refuse(reason)
+  return {'budget', reason, rem_m and istr(rem_m) or '', rem_t and istr(rem_t) or '',
+    t.period_end_us}
+end
+if rem_m and cost > rem_m then return refuse('budget_usd') end
+if rem_t and tokens > rem_t then return refuse('budget_tokens') end
+local window = now - now % 60000000
+local w_req, w_tok = 0, 0
+if tonumber(t.window_start_us) == window then
+  w_req, w_tok = tonumber(t.window_requests), tonumber(t.window_tokens)
+end
+local retry = istr(window + 60000000 - now)
+if t.requests_per_minute ~= '' and w_req + 1 > tonumber(t.requests_per_minute) then
+  return {'rate', 'requests_per_minute', retry}
+end
+if t.tokens_per_minute ~= '' and w_tok + tokens > tonumber(t.tokens_per_minute) then
+  return {'rate', 'tokens_per_minute', retry}
+end
+local expires = now + tonumber(ARGV[5])
+redis.call('HSET', key, 'window_start_us', istr(window), 'window_requests', istr(w_req + 1),
+  'window_tokens', istr(w_tok + tokens))
+redis.call('HINCRBY', key, 'reserved_micros', ARGV[3])
+redis.call('HINCRBY', key, 'reserved_tokens', ARGV[4])
+redis.call('HINCRBY', key, 'in_flight', 1)
+redis.call('HSET', KEYS[2], 'tenant', ARGV[8], 'cost_max', ARGV[3], 'tokens_max', ARGV[4],
+  'expires_us', istr(expires), 'model', ARGV[6], 'price_version', ARGV[7], 'state', 'reserved')
+redis.call('ZADD', KEYS[3], istr(expires), ARGV[2])
+return {'ok', istr(expires)}
+"""
+
+# KEYS: req. ARGV: offset_us, request_id, cost, prompt, completion, prefix
+SETTLE = r"""
+local now = now_us(ARGV[1])
+local r = fetch(KEYS[1])
+if r.state == nil then return {'unknown'} end
+if r.state == 'released' then return {'released'} end
+if r.state ~= 'reserved' then
+  return {'again', 'request_id', ARGV[2], 'tenant', r.tenant, 'model', r.model,
+    'prompt_tokens', r.prompt_tokens, 'completion_tokens', r.completion_tokens,
+    'cost_micros', r.cost_micros, 'price_version', r.price_version, 'at_us', r.at_us,
+    'clamped', r.clamped, 'expired', r.expired}
+end
+if now >= tonumber(r.expires_us) then
+  return {'ok', unpack(charge_in_full(ARGV[6], KEYS[1], ARGV[2], r, now))}
+end
+local cost, prompt, completion = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local cost_max, tokens_max = tonumber(r.cost_max), tonumber(r.tokens_max)
+local clamped = 0
+if cost > cost_max or prompt + completion > tokens_max then clamped = 1 end
+cost = math.min(cost, cost_max)
+prompt = math.min(prompt, tokens_max)
+completion = math.min(completion, tokens_max - prompt)
+return {'ok', unpack(charge(ARGV[6], KEYS[1], ARGV[2], r, cost, prompt, completion, now,
+  clamped, 0))}
+"""
+
+# KEYS: req. ARGV: offset_us, request_id, prefix
+RELEASE = r"""
+local now = now_us(ARGV[1])
+local r = fetch(KEYS[1])
+if r.state == nil then return 'unknown' end
+if r.state ~= 'reserved' then return 'noop' end
+if now >= tonumber(r.expires_us) then
+  charge_in_full(ARGV[3], KEYS[1], ARGV[2], r, now)
+  return 'expired'
+end
+local tkey = ARGV[3] .. 'tenant:' .. r.tenant
+redis.call('HINCRBY', tkey, 'reserved_micros', istr(-tonumber(r.cost_max)))
+redis.call('HINCRBY', tkey, 'reserved_tokens', istr(-tonumber(r.tokens_max)))
+redis.call('HINCRBY', tkey, 'in_flight', -1)
+redis.call('HSET', KEYS[1], 'state', 'released')
+redis.call('ZREM', ARGV[3] .. 'leases', ARGV[2])
+return 'released'
+"""
+
+# KEYS: leases. ARGV: offset_us, prefix, batch size. Returns how many it charged.
+EXPIRE = r"""
+local now = now_us(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', istr(now), 'LIMIT', 0,
+  tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  local req_key = ARGV[2] .. 'req:' .. id
+  charge_in_full(ARGV[2], req_key, id, fetch(req_key), now)
+end
+return #ids
+"""
+
+# KEYS: tenant. ARGV: offset_us. Returns the tenant hash flattened, after any rollover.
+USAGE = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+roll(KEYS[1], now_us(ARGV[1]))
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def script(body: str) -> str:
+    """A complete script: the shared helpers, then `body`."""
+    return PRELUDE + PERIOD_BOUNDS + TENANT + body

@@ -1,0 +1,257 @@
+"""Redis ledger backend for clusters: every gateway replica shares one Redis primary; each
+operation is one Lua script (see `lua.py`), timed by the server's clock. Settings: README.md."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import cast
+
+import redis
+
+from . import lua, validate
+from .periods import utc
+from .types import (
+    BudgetExceeded,
+    DuplicateRequest,
+    RateLimited,
+    Reservation,
+    Settlement,
+    TenantLimits,
+    UnknownReservation,
+    UnknownTenant,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+EXPIRE_BATCH = 500
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _opt(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
+    items = [_s(v) for v in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _settlement(f: dict[str, str]) -> Settlement:
+    return Settlement(
+        request_id=f["request_id"],
+        tenant=f["tenant"],
+        model=f["model"],
+        prompt_tokens=int(f["prompt_tokens"]),
+        completion_tokens=int(f["completion_tokens"]),
+        cost_micros=int(f["cost_micros"]),
+        price_version=f["price_version"],
+        at=utc(int(f["at_us"])),
+        clamped=f["clamped"] == "1",
+        expired=f["expired"] == "1",
+    )
+
+
+def _usage(tenant: str, h: dict[str, str]) -> Usage:
+    def limit(field: str) -> int | None:
+        return None if h[field] == "" else int(h[field])
+
+    spent, reserved = int(h["spent_micros"]), int(h["reserved_micros"])
+    tokens = int(h["tokens_prompt"]) + int(h["tokens_completion"]) + int(h["reserved_tokens"])
+    limit_micros, limit_tokens = limit("limit_micros"), limit("limit_tokens")
+    end = h["period_end_us"]
+    return Usage(
+        tenant=tenant,
+        spent_micros=spent,
+        reserved_micros=reserved,
+        tokens_prompt=int(h["tokens_prompt"]),
+        tokens_completion=int(h["tokens_completion"]),
+        reserved_tokens=int(h["reserved_tokens"]),
+        limit_micros=limit_micros,
+        limit_tokens=limit_tokens,
+        remaining_micros=None if limit_micros is None else max(0, limit_micros - spent - reserved),
+        remaining_tokens=None if limit_tokens is None else max(0, limit_tokens - tokens),
+        period_start=utc(int(h["period_start_us"])),
+        period_end=None if end == "" else utc(int(end)),
+        in_flight=int(h["in_flight"]),
+    )
+
+
+class RedisLedger:
+    """The ledger in one Redis database, under key `prefix`. Thread-safe."""
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "fs:", time_offset_s: float = 0.0
+    ) -> None:
+        """`time_offset_s` is added to the server clock: for tests and drills only."""
+        self._r = client
+        self._prefix = prefix
+        self.time_offset_s = time_offset_s
+        self._scripts = {
+            name: client.register_script(lua.script(body))
+            for name, body in {
+                "configure": lua.CONFIGURE,
+                "reserve": lua.RESERVE,
+                "settle": lua.SETTLE,
+                "release": lua.RELEASE,
+                "expire": lua.EXPIRE,
+                "usage": lua.USAGE,
+            }.items()
+        }
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "fs:", time_offset_s: float = 0.0) -> RedisLedger:
+        return cls(redis.Redis.from_url(url), prefix=prefix, time_offset_s=time_offset_s)
+
+    def _key(self, *parts: str) -> str:
+        return self._prefix + ":".join(parts)
+
+    def _run(self, name: str, keys: list[str], args: list[str]) -> list[str]:
+        """Run a script with the clock offset as ARGV[1]; the reply as a list of strings."""
+        offset = str(round(self.time_offset_s * 1_000_000))
+        reply: object = self._scripts[name](keys=keys, args=[offset, *args])
+        if isinstance(reply, list):
+            return [_s(v) for v in reply]
+        return [_s(reply) if isinstance(reply, bytes | str) else str(reply)]
+
+    def configure_tenant(self, tenant: str, limits: TenantLimits) -> None:
+        validate.name("tenant", tenant)
+        validate.limits(limits)
+        self._run(
+            "configure",
+            [self._key("tenant", tenant), self._key("tenants")],
+            [
+                tenant,
+                _opt(limits.limit_micros),
+                _opt(limits.limit_tokens),
+                limits.period.value,
+                _opt(limits.requests_per_minute),
+                _opt(limits.tokens_per_minute),
+            ],
+        )
+
+    def reserve(
+        self,
+        tenant: str,
+        request_id: str,
+        cost_max: int,
+        tokens_max: int,
+        *,
+        lease_s: float = 300.0,
+        model: str = "",
+        price_version: str = "",
+    ) -> Reservation:
+        validate.name("tenant", tenant)
+        validate.name("request_id", request_id)
+        validate.amount("cost_max", cost_max, validate.MAX_REQUEST_MICROS)
+        validate.amount("tokens_max", tokens_max, validate.MAX_REQUEST_TOKENS)
+        lease_us = round(validate.lease(lease_s) * 1_000_000)
+        validate.label("model", model)
+        validate.label("price_version", price_version)
+        out = self._run(
+            "reserve",
+            [self._key("tenant", tenant), self._key("req", request_id), self._key("leases")],
+            [
+                request_id,
+                str(cost_max),
+                str(tokens_max),
+                str(lease_us),
+                model,
+                price_version,
+                tenant,
+            ],
+        )
+        if out[0] == "unknown_tenant":
+            raise UnknownTenant(tenant)
+        if out[0] == "duplicate":
+            raise DuplicateRequest(request_id)
+        if out[0] == "budget":
+            micros, tokens, end = (None if v == "" else int(v) for v in out[2:5])
+            raise BudgetExceeded(tenant, out[1], micros, tokens, None if end is None else utc(end))
+        if out[0] == "rate":
+            raise RateLimited(tenant, out[1], int(out[2]) / 1e6)
+        return Reservation(tenant, request_id, cost_max, tokens_max, int(out[1]) / 1e6)
+
+    def settle(
+        self, request_id: str, cost_micros: int, prompt_tokens: int, completion_tokens: int
+    ) -> Settlement:
+        validate.name("request_id", request_id)
+        validate.amount("cost_micros", cost_micros, validate.MAX_REQUEST_MICROS)
+        validate.amount("prompt_tokens", prompt_tokens, validate.MAX_REQUEST_TOKENS)
+        validate.amount("completion_tokens", completion_tokens, validate.MAX_REQUEST_TOKENS)
+        out = self._run(
+            "settle",
+            [self._key("req", request_id)],
+            [
+                request_id,
+                str(cost_micros),
+                str(prompt_tokens),
+                str(completion_tokens),
+                self._prefix,
+            ],
+        )
+        if out[0] == "unknown":
+            raise UnknownReservation(request_id)
+        if out[0] == "released":
+            raise UnknownReservation(request_id, "was released, so there is nothing to settle")
+        record = _settlement(_pairs(out[1:]))
+        if record.clamped and out[0] == "ok":
+            log.warning("settlement of %s clamped to its reservation", request_id)
+        return record
+
+    def release(self, request_id: str) -> None:
+        validate.name("request_id", request_id)
+        out = self._run("release", [self._key("req", request_id)], [request_id, self._prefix])
+        if out[0] == "unknown":
+            raise UnknownReservation(request_id)
+
+    def expire(self) -> int:
+        total = 0
+        while True:
+            out = self._run("expire", [self._key("leases")], [self._prefix, str(EXPIRE_BATCH)])
+            n = int(out[0])
+            total += n
+            if n < EXPIRE_BATCH:
+                return total
+
+    def usage(self, tenant: str) -> Usage:
+        validate.name("tenant", tenant)
+        flat = self._run("usage", [self._key("tenant", tenant)], [])
+        if not flat:
+            raise UnknownTenant(tenant)
+        return _usage(tenant, _pairs(flat))
+
+    def tenants(self) -> list[str]:
+        members = cast(set[bytes], self._r.smembers(self._key("tenants")))
+        return sorted(_s(v) for v in members)
+
+    def settlements(
+        self, tenant: str | None = None, since: datetime | None = None
+    ) -> list[Settlement]:
+        if tenant is not None:
+            validate.name("tenant", tenant)
+        since_us = 0 if since is None else round(since.timestamp() * 1_000_000)
+        # Stream ids carry the server's real clock: at most our offset (plus slack) behind `at`.
+        start_ms = max(0, (since_us - round(self.time_offset_s * 1e6)) // 1000 - 1000)
+        out: list[Settlement] = []
+        cursor = f"{start_ms}-0"
+        while True:
+            batch = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                self._r.xrange(self._key("settlements"), min=cursor, count=1000),
+            )
+            for _, fields in batch:
+                record = _settlement({_s(k): _s(v) for k, v in fields.items()})
+                if record.at >= utc(since_us) and tenant in (None, record.tenant):
+                    out.append(record)
+            if len(batch) < 1000:
+                return out
+            cursor = "(" + _s(batch[-1][0])
+
+    def close(self) -> None:
+        self._r.close()

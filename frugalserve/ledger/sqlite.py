@@ -1,0 +1,443 @@
+"""SQLite ledger backend: the embedded default of local mode; one database file shared safely
+by many processes on one machine (WAL, synchronous=FULL, every write in BEGIN IMMEDIATE)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime
+
+from . import validate
+from .periods import period_bounds, utc
+from .protocol import clamp
+from .types import (
+    BudgetExceeded,
+    DuplicateRequest,
+    Period,
+    RateLimited,
+    Reservation,
+    Settlement,
+    TenantLimits,
+    UnknownReservation,
+    UnknownTenant,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+MINUTE_US = 60_000_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+  name TEXT PRIMARY KEY,
+  limit_micros INTEGER, limit_tokens INTEGER, period TEXT NOT NULL,
+  requests_per_minute INTEGER, tokens_per_minute INTEGER,
+  period_start_us INTEGER NOT NULL, period_end_us INTEGER,
+  spent_micros INTEGER NOT NULL, reserved_micros INTEGER NOT NULL,
+  tokens_prompt INTEGER NOT NULL, tokens_completion INTEGER NOT NULL,
+  reserved_tokens INTEGER NOT NULL, in_flight INTEGER NOT NULL,
+  window_start_us INTEGER NOT NULL, window_requests INTEGER NOT NULL,
+  window_tokens INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS reservations (
+  request_id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL REFERENCES tenants(name),
+  cost_max INTEGER NOT NULL, tokens_max INTEGER NOT NULL, expires_us INTEGER NOT NULL,
+  model TEXT NOT NULL, price_version TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('reserved', 'released', 'settled', 'expired'))
+) STRICT;
+CREATE INDEX IF NOT EXISTS reservations_open ON reservations(expires_us)
+  WHERE state = 'reserved';
+CREATE TABLE IF NOT EXISTS settlements (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  request_id TEXT NOT NULL UNIQUE REFERENCES reservations(request_id),
+  tenant TEXT NOT NULL, model TEXT NOT NULL,
+  prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+  cost_micros INTEGER NOT NULL, price_version TEXT NOT NULL, at_us INTEGER NOT NULL,
+  clamped INTEGER NOT NULL, expired INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS settlements_by_tenant ON settlements(tenant, at_us);
+CREATE TRIGGER IF NOT EXISTS settlements_no_update BEFORE UPDATE ON settlements
+  BEGIN SELECT RAISE(ABORT, 'settlements are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS settlements_no_delete BEFORE DELETE ON settlements
+  BEGIN SELECT RAISE(ABORT, 'settlements are append-only'); END;
+"""
+
+
+@dataclass
+class _Tenant:
+    """One `tenants` row, mutated in memory inside a write transaction, then saved."""
+
+    name: str
+    limit_micros: int | None
+    limit_tokens: int | None
+    period: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    period_start_us: int
+    period_end_us: int | None
+    spent_micros: int = 0
+    reserved_micros: int = 0
+    tokens_prompt: int = 0
+    tokens_completion: int = 0
+    reserved_tokens: int = 0
+    in_flight: int = 0
+    window_start_us: int = 0
+    window_requests: int = 0
+    window_tokens: int = 0
+
+    def start_period(self, now_us: int) -> None:
+        start, end = period_bounds(Period(self.period), now_us // 1_000_000)
+        self.period_start_us = start * 1_000_000
+        self.period_end_us = None if end is None else end * 1_000_000
+
+    def roll(self, now_us: int) -> None:
+        """Start a new period, resetting spent usage, when the current one has ended."""
+        if self.period_end_us is not None and now_us >= self.period_end_us:
+            self.start_period(now_us)
+            self.spent_micros = self.tokens_prompt = self.tokens_completion = 0
+
+    def remaining(self) -> tuple[int | None, int | None]:
+        tokens = self.tokens_prompt + self.tokens_completion + self.reserved_tokens
+        micros = None if self.limit_micros is None else self.limit_micros - self.spent_micros
+        return (
+            None if micros is None else max(0, micros - self.reserved_micros),
+            None if self.limit_tokens is None else max(0, self.limit_tokens - tokens),
+        )
+
+    def check_budget(self, cost_max: int, tokens_max: int) -> None:
+        micros, tokens = self.remaining()
+        end = None if self.period_end_us is None else utc(self.period_end_us)
+        for reason, left, want in (
+            ("budget_usd", micros, cost_max),
+            ("budget_tokens", tokens, tokens_max),
+        ):
+            if left is not None and want > left:
+                raise BudgetExceeded(self.name, reason, micros, tokens, end)
+
+    def take_rate(self, tokens_max: int, now_us: int) -> None:
+        """Count one request and its tokens in the current fixed UTC minute, or refuse."""
+        window = now_us - now_us % MINUTE_US
+        if window != self.window_start_us:
+            self.window_start_us, self.window_requests, self.window_tokens = window, 0, 0
+        retry = (window + MINUTE_US - now_us) / 1e6
+        rpm, tpm = self.requests_per_minute, self.tokens_per_minute
+        if rpm is not None and self.window_requests + 1 > rpm:
+            raise RateLimited(self.name, "requests_per_minute", retry)
+        if tpm is not None and self.window_tokens + tokens_max > tpm:
+            raise RateLimited(self.name, "tokens_per_minute", retry)
+        self.window_requests += 1
+        self.window_tokens += tokens_max
+
+    def usage(self) -> Usage:
+        micros, tokens = self.remaining()
+        return Usage(
+            tenant=self.name,
+            spent_micros=self.spent_micros,
+            reserved_micros=self.reserved_micros,
+            tokens_prompt=self.tokens_prompt,
+            tokens_completion=self.tokens_completion,
+            reserved_tokens=self.reserved_tokens,
+            limit_micros=self.limit_micros,
+            limit_tokens=self.limit_tokens,
+            remaining_micros=micros,
+            remaining_tokens=tokens,
+            period_start=utc(self.period_start_us),
+            period_end=None if self.period_end_us is None else utc(self.period_end_us),
+            in_flight=self.in_flight,
+        )
+
+
+_COLUMNS = [f.name for f in fields(_Tenant)]
+_INSERT_TENANT = (
+    f"INSERT INTO tenants ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_UPDATE_TENANT = f"UPDATE tenants SET {', '.join(f'{c} = ?' for c in _COLUMNS[1:])} WHERE name = ?"
+_SETTLEMENT_COLUMNS = (
+    "request_id, tenant, model, prompt_tokens, completion_tokens, cost_micros, "
+    "price_version, at_us, clamped, expired"
+)
+
+_INSERT_SETTLEMENT = (
+    f"INSERT INTO settlements ({_SETTLEMENT_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+)
+
+
+def _settlement(row: sqlite3.Row) -> Settlement:
+    return Settlement(
+        request_id=row["request_id"],
+        tenant=row["tenant"],
+        model=row["model"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        cost_micros=row["cost_micros"],
+        price_version=row["price_version"],
+        at=utc(row["at_us"]),
+        clamped=bool(row["clamped"]),
+        expired=bool(row["expired"]),
+    )
+
+
+class SQLiteLedger:
+    """The ledger in one SQLite file. Thread-safe; open one per process."""
+
+    def __init__(
+        self, path: str, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0
+    ) -> None:
+        """`clock` returns epoch seconds; tests inject one to cross period boundaries."""
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        with self._write() as db:
+            for statement in SCHEMA.split(";\n"):
+                db.execute(statement)
+
+    def _now_us(self) -> int:
+        return round(self._clock() * 1_000_000)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One serialized write transaction: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @staticmethod
+    def _load(db: sqlite3.Connection, tenant: str) -> _Tenant:
+        row = db.execute("SELECT * FROM tenants WHERE name = ?", (tenant,)).fetchone()
+        if row is None:
+            raise UnknownTenant(tenant)
+        return _Tenant(**{c: row[c] for c in _COLUMNS})
+
+    @staticmethod
+    def _save(db: sqlite3.Connection, t: _Tenant) -> None:
+        values = [getattr(t, c) for c in _COLUMNS]
+        db.execute(_UPDATE_TENANT, [*values[1:], t.name])
+
+    def configure_tenant(self, tenant: str, limits: TenantLimits) -> None:
+        validate.name("tenant", tenant)
+        validate.limits(limits)
+        now = self._now_us()
+        with self._write() as db:
+            try:
+                t = self._load(db, tenant)
+            except UnknownTenant:
+                t = _Tenant(tenant, None, None, limits.period.value, None, None, 0, None)
+                t.start_period(now)
+                db.execute(_INSERT_TENANT, [getattr(t, c) for c in _COLUMNS])
+            t.roll(now)
+            if t.period != limits.period.value:
+                t.period = limits.period.value
+                t.start_period(now)
+            t.limit_micros, t.limit_tokens = limits.limit_micros, limits.limit_tokens
+            t.requests_per_minute = limits.requests_per_minute
+            t.tokens_per_minute = limits.tokens_per_minute
+            self._save(db, t)
+
+    def reserve(
+        self,
+        tenant: str,
+        request_id: str,
+        cost_max: int,
+        tokens_max: int,
+        *,
+        lease_s: float = 300.0,
+        model: str = "",
+        price_version: str = "",
+    ) -> Reservation:
+        validate.name("tenant", tenant)
+        validate.name("request_id", request_id)
+        validate.amount("cost_max", cost_max, validate.MAX_REQUEST_MICROS)
+        validate.amount("tokens_max", tokens_max, validate.MAX_REQUEST_TOKENS)
+        lease_us = round(validate.lease(lease_s) * 1_000_000)
+        validate.label("model", model)
+        validate.label("price_version", price_version)
+        now = self._now_us()
+        with self._write() as db:
+            t = self._load(db, tenant)
+            if db.execute(
+                "SELECT 1 FROM reservations WHERE request_id = ?", (request_id,)
+            ).fetchone():
+                raise DuplicateRequest(request_id)
+            t.roll(now)
+            t.check_budget(cost_max, tokens_max)
+            t.take_rate(tokens_max, now)
+            t.reserved_micros += cost_max
+            t.reserved_tokens += tokens_max
+            t.in_flight += 1
+            self._save(db, t)
+            db.execute(
+                "INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved')",
+                (request_id, tenant, cost_max, tokens_max, now + lease_us, model, price_version),
+            )
+        return Reservation(tenant, request_id, cost_max, tokens_max, (now + lease_us) / 1e6)
+
+    def _charge(
+        self,
+        db: sqlite3.Connection,
+        res: sqlite3.Row,
+        charge: tuple[int, int, int, bool],
+        now: int,
+        expired: bool,
+    ) -> Settlement:
+        """Move a reservation into spent usage and append its settlement record."""
+        cost, prompt, completion, clamped = charge
+        t = self._load(db, res["tenant"])
+        t.roll(now)
+        t.reserved_micros -= res["cost_max"]
+        t.reserved_tokens -= res["tokens_max"]
+        t.in_flight -= 1
+        t.spent_micros += cost
+        t.tokens_prompt += prompt
+        t.tokens_completion += completion
+        self._save(db, t)
+        state = "expired" if expired else "settled"
+        db.execute(
+            "UPDATE reservations SET state = ? WHERE request_id = ?", (state, res["request_id"])
+        )
+        record = Settlement(
+            res["request_id"],
+            t.name,
+            res["model"],
+            prompt,
+            completion,
+            cost,
+            res["price_version"],
+            utc(now),
+            clamped,
+            expired,
+        )
+        db.execute(
+            _INSERT_SETTLEMENT,
+            (
+                record.request_id,
+                record.tenant,
+                record.model,
+                prompt,
+                completion,
+                cost,
+                record.price_version,
+                now,
+                int(clamped),
+                int(expired),
+            ),
+        )
+        if clamped:
+            log.warning("settlement of %s clamped to its reservation", record.request_id)
+        return record
+
+    def _charge_in_full(self, db: sqlite3.Connection, res: sqlite3.Row, now: int) -> Settlement:
+        full = (res["cost_max"], 0, res["tokens_max"], False)
+        return self._charge(db, res, full, now, expired=True)
+
+    @staticmethod
+    def _reservation(db: sqlite3.Connection, request_id: str) -> sqlite3.Row:
+        row = db.execute(
+            "SELECT * FROM reservations WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        if row is None:
+            raise UnknownReservation(request_id)
+        return row  # type: ignore[no-any-return]
+
+    def settle(
+        self, request_id: str, cost_micros: int, prompt_tokens: int, completion_tokens: int
+    ) -> Settlement:
+        validate.name("request_id", request_id)
+        validate.amount("cost_micros", cost_micros, validate.MAX_REQUEST_MICROS)
+        validate.amount("prompt_tokens", prompt_tokens, validate.MAX_REQUEST_TOKENS)
+        validate.amount("completion_tokens", completion_tokens, validate.MAX_REQUEST_TOKENS)
+        now = self._now_us()
+        with self._write() as db:
+            res = self._reservation(db, request_id)
+            if res["state"] == "released":
+                raise UnknownReservation(request_id, "was released, so there is nothing to settle")
+            if res["state"] != "reserved":
+                row = db.execute(
+                    f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE request_id = ?",
+                    (request_id,),
+                ).fetchone()
+                return _settlement(row)
+            if now >= res["expires_us"]:
+                return self._charge_in_full(db, res, now)
+            charge = clamp(
+                cost_micros, prompt_tokens, completion_tokens, res["cost_max"], res["tokens_max"]
+            )
+            return self._charge(db, res, charge, now, expired=False)
+
+    def release(self, request_id: str) -> None:
+        validate.name("request_id", request_id)
+        now = self._now_us()
+        with self._write() as db:
+            res = self._reservation(db, request_id)
+            if res["state"] != "reserved":
+                return
+            if now >= res["expires_us"]:
+                self._charge_in_full(db, res, now)
+                return
+            t = self._load(db, res["tenant"])
+            t.reserved_micros -= res["cost_max"]
+            t.reserved_tokens -= res["tokens_max"]
+            t.in_flight -= 1
+            self._save(db, t)
+            db.execute(
+                "UPDATE reservations SET state = 'released' WHERE request_id = ?", (request_id,)
+            )
+
+    def expire(self) -> int:
+        now = self._now_us()
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT * FROM reservations WHERE state = 'reserved' AND expires_us <= ?", (now,)
+            ).fetchall()
+            for res in rows:
+                self._charge_in_full(db, res, now)
+        return len(rows)
+
+    def usage(self, tenant: str) -> Usage:
+        validate.name("tenant", tenant)
+        now = self._now_us()
+        with self._lock:
+            t = self._load(self._conn, tenant)
+        t.roll(now)
+        return t.usage()
+
+    def tenants(self) -> list[str]:
+        with self._lock:
+            rows = self._conn.execute("SELECT name FROM tenants ORDER BY name").fetchall()
+        return [r["name"] for r in rows]
+
+    def settlements(
+        self, tenant: str | None = None, since: datetime | None = None
+    ) -> list[Settlement]:
+        if tenant is not None:
+            validate.name("tenant", tenant)
+        since_us = 0 if since is None else round(since.timestamp() * 1_000_000)
+        query = f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE at_us >= ?"
+        params: list[object] = [since_us]
+        if tenant is not None:
+            query += " AND tenant = ?"
+            params.append(tenant)
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY seq", params).fetchall()
+        return [_settlement(r) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
