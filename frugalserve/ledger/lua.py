@@ -83,11 +83,6 @@ local function roll(key, now)
   end
 end
 
-local function remaining(limit, used)
-  if limit == '' then return nil end
-  return math.max(0, tonumber(limit) - used)
-end
-
 -- move a reservation into spent usage and append its settlement event
 local function charge(prefix, req_key, id, r, cost, prompt, completion, now, clamped, expired)
   local tkey = prefix .. 'tenant:' .. r.tenant
@@ -145,15 +140,21 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
 roll(key, now)
 local t = fetch(key)
 local cost, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
-local rem_m = remaining(t.limit_micros, tonumber(t.spent_micros) + tonumber(t.reserved_micros))
-local rem_t = remaining(t.limit_tokens, tonumber(t.tokens_prompt)
-  + tonumber(t.tokens_completion) + tonumber(t.reserved_tokens))
+local used_m = tonumber(t.spent_micros) + tonumber(t.reserved_micros)
+local used_t = tonumber(t.tokens_prompt) + tonumber(t.tokens_completion)
+  + tonumber(t.reserved_tokens)
 local function refuse(reason)
-  return {'budget', reason, rem_m and istr(rem_m) or '', rem_t and istr(rem_t) or '',
-    t.period_end_us}
+  local rem_m, rem_t = '', ''
+  if t.limit_micros ~= '' then rem_m = istr(math.max(0, tonumber(t.limit_micros) - used_m)) end
+  if t.limit_tokens ~= '' then rem_t = istr(math.max(0, tonumber(t.limit_tokens) - used_t)) end
+  return {'budget', reason, rem_m, rem_t, t.period_end_us}
 end
-if rem_m and cost > rem_m then return refuse('budget_usd') end
-if rem_t and tokens > rem_t then return refuse('budget_tokens') end
+if t.limit_micros ~= '' and used_m + cost > tonumber(t.limit_micros) then
+  return refuse('budget_usd')
+end
+if t.limit_tokens ~= '' and used_t + tokens > tonumber(t.limit_tokens) then
+  return refuse('budget_tokens')
+end
 local window = now - now % 60000000
 local w_req, w_tok = 0, 0
 if tonumber(t.window_start_us) == window then

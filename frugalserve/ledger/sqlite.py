@@ -102,23 +102,28 @@ class _Tenant:
             self.start_period(now_us)
             self.spent_micros = self.tokens_prompt = self.tokens_completion = 0
 
-    def remaining(self) -> tuple[int | None, int | None]:
+    def used(self) -> tuple[int, int]:
+        """Micro-USD and tokens spent or held in the current period."""
         tokens = self.tokens_prompt + self.tokens_completion + self.reserved_tokens
-        micros = None if self.limit_micros is None else self.limit_micros - self.spent_micros
+        return self.spent_micros + self.reserved_micros, tokens
+
+    def remaining(self) -> tuple[int | None, int | None]:
+        micros, tokens = self.used()
         return (
-            None if micros is None else max(0, micros - self.reserved_micros),
+            None if self.limit_micros is None else max(0, self.limit_micros - micros),
             None if self.limit_tokens is None else max(0, self.limit_tokens - tokens),
         )
 
     def check_budget(self, cost_max: int, tokens_max: int) -> None:
-        micros, tokens = self.remaining()
+        """Refuse unless used + wanted <= limit, for each limit that is set."""
+        used_micros, used_tokens = self.used()
         end = None if self.period_end_us is None else utc(self.period_end_us)
-        for reason, left, want in (
-            ("budget_usd", micros, cost_max),
-            ("budget_tokens", tokens, tokens_max),
+        for reason, limit, used, want in (
+            ("budget_usd", self.limit_micros, used_micros, cost_max),
+            ("budget_tokens", self.limit_tokens, used_tokens, tokens_max),
         ):
-            if left is not None and want > left:
-                raise BudgetExceeded(self.name, reason, micros, tokens, end)
+            if limit is not None and used + want > limit:
+                raise BudgetExceeded(self.name, reason, *self.remaining(), end)
 
     def take_rate(self, tokens_max: int, now_us: int) -> None:
         """Count one request and its tokens in the current fixed UTC minute, or refuse."""
