@@ -1,0 +1,49 @@
+"""Shared fixtures of the engine tests: tiny seeded checkpoints written once per session, and
+helpers that decode greedily with our functions and with transformers on the same files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from frugalserve.serving.engine.checkpoint import load_model, write_checkpoint
+from frugalserve.serving.engine.decode import decode_step, prefill
+from frugalserve.serving.engine.model import ModelArgs, Transformer
+
+PROMPTS = [[1, 17, 42, 99, 5], [1, 300], [1, *range(100, 160)], [1, 7, 7, 7, 7, 7, 7, 7, 7, 250]]
+
+
+@pytest.fixture(scope="session")
+def dense_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("dense"), ModelArgs.from_name("tiny-dense"))
+
+
+@pytest.fixture(scope="session")
+def moe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("moe"), ModelArgs.from_name("tiny-moe"),
+                            seed=1)
+
+
+def load_ours(path: Path, max_batch: int = 4, max_seq: int = 256) -> Transformer:
+    model = load_model(path, torch.float32)
+    model.setup_cache(max_batch, max_seq)
+    return model
+
+
+def greedy(model: Transformer, prompt: list[int], n: int, slot: int = 0) -> list[int]:
+    """n greedy tokens from our prefill/decode_step (EOS does not stop it)."""
+    out = [int(prefill(model, prompt, slot).argmax())]
+    while len(out) < n:
+        logits = decode_step(model, [out[-1]], [len(prompt) + len(out) - 1], [slot])
+        out.append(int(logits[0].argmax()))
+    return out
+
+
+def hf_greedy(hf_model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens from transformers.generate (EOS disabled so lengths match)."""
+    with torch.no_grad():
+        ids = hf_model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)
+    return ids[0, len(prompt):].tolist()
