@@ -145,7 +145,7 @@ class Resources(Spec):
         default=1, ge=0, le=16, description="GPUs per model replica (0 runs on CPU)."
     )
     gpu_type: str | None = Field(
-        default=None,
+        default="L4",
         description=f"Accelerator model, one of {', '.join(GPU_TYPES)}; required with GPUs.",
     )
     cpu: str = Field(default="4", pattern=QUANTITY, description="CPU request of a worker pod.")
