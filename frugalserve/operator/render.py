@@ -113,7 +113,7 @@ def serve_config_v2(
 def _container(
     name: str, image: str, resources: dict[str, Any], ports: Sequence[tuple[str, int]] = ()
 ) -> dict[str, Any]:
-    container = {"name": name, "image": image, "resources": resources}
+    container: dict[str, Any] = {"name": name, "image": image, "resources": resources}
     if ports:
         container["ports"] = [{"name": name_, "containerPort": port} for name_, port in ports]
     return container
