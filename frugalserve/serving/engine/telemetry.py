@@ -1,8 +1,9 @@
 """MoE routing telemetry: per-layer, per-expert routed-token counts and imbalance scores.
 
 The engine snapshots the model's cumulative counters after every step; `stats()` reports the
-totals and, over a trailing window of steps, the coefficient of variation of the per-expert
-counts and the share of experts that received no token at all (expert collapse).
+live totals and, over the trailing window since the oldest snapshot, the coefficient of
+variation of the per-expert counts and the share of experts that received no token at all
+(expert collapse).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class ExpertTelemetry:
         self.snapshots.append(routed_counts(self.model))
 
     def stats(self) -> dict:
-        total = self.snapshots[-1]
+        total = routed_counts(self.model)  # live: includes every token already streamed
         recent = total - self.snapshots[0]  # [L, E] over the window
         return {"window_steps": len(self.snapshots) - 1,
                 "expert_tokens": total.tolist(), "window_expert_tokens": recent.tolist(),
