@@ -24,7 +24,7 @@ def open_backend(args: argparse.Namespace) -> Ledger:
 
 
 def work(rng: random.Random) -> None:
-    time.sleep(rng.uniform(0.0, 0.002))
+    time.sleep(rng.uniform(0.002, 0.006))
 
 
 def reserve_mode(ledger: Ledger, args: argparse.Namespace, rng: random.Random) -> dict[str, int]:
@@ -38,7 +38,7 @@ def reserve_mode(ledger: Ledger, args: argparse.Namespace, rng: random.Random) -
             refused += 1
             continue
         work(rng)
-        ledger.settle(rid, rng.randint(0, args.cost_max), 10, rng.randint(0, 90))
+        ledger.settle(rid, rng.randint(args.cost_max // 2, args.cost_max), 10, rng.randint(0, 90))
         admitted += 1
     return {"admitted": admitted, "refused": refused}
 
@@ -53,7 +53,7 @@ def naive_mode(ledger: Ledger, args: argparse.Namespace, rng: random.Random) -> 
             continue
         work(rng)
         ledger.reserve(args.tenant, rid, args.cost_max, 100)  # the tenant has no limit
-        ledger.settle(rid, rng.randint(0, args.cost_max), 10, rng.randint(0, 90))
+        ledger.settle(rid, rng.randint(args.cost_max // 2, args.cost_max), 10, rng.randint(0, 90))
         admitted += 1
     return {"admitted": admitted, "refused": refused}
 
