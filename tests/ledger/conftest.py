@@ -61,8 +61,18 @@ class Backend:
             self.ledger.time_offset_s = self.offset_s
 
     def worker_args(self) -> list[str]:
-        return [sys.executable, str(WORKER), "--backend", self.kind, "--target", self.target,
-                "--prefix", self.prefix]
+        return [
+            sys.executable,
+            str(WORKER),
+            "--backend",
+            self.kind,
+            "--target",
+            self.target,
+            "--prefix",
+            self.prefix,
+            "--offset",
+            str(self.offset_s),
+        ]
 
 
 def make_backend(kind: str, tmp_path: Path, server: LocalRedis | None) -> Backend:

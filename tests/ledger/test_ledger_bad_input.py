@@ -31,12 +31,17 @@ BAD_CALLS: list[tuple[str, Call]] = [
     ("tenant", lambda lg: lg.configure_tenant(7, TenantLimits())),  # type: ignore[arg-type]
     ("limits", lambda lg: lg.configure_tenant("new", {"limit_micros": 1})),  # type: ignore[arg-type]
     ("limits.limit_micros", lambda lg: lg.configure_tenant("new", TenantLimits(limit_micros=-1))),
-    ("limits.limit_micros", lambda lg: lg.configure_tenant("new", TenantLimits(limit_micros=10**30))),
+    (
+        "limits.limit_micros",
+        lambda lg: lg.configure_tenant("new", TenantLimits(limit_micros=10**30)),
+    ),
     ("limits.limit_micros", lambda lg: lg.configure_tenant("new", TenantLimits(limit_micros=1.5))),  # type: ignore[arg-type]
     ("limits.limit_tokens", lambda lg: lg.configure_tenant("new", TenantLimits(limit_tokens=True))),
     ("limits.period", lambda lg: lg.configure_tenant("new", TenantLimits(period="daily"))),  # type: ignore[arg-type]
-    ("limits.requests_per_minute",
-     lambda lg: lg.configure_tenant("new", TenantLimits(requests_per_minute=-5))),
+    (
+        "limits.requests_per_minute",
+        lambda lg: lg.configure_tenant("new", TenantLimits(requests_per_minute=-5)),
+    ),
     ("cost_max", lambda lg: lg.reserve("acme", "r", -1, 1)),
     ("cost_max", lambda lg: lg.reserve("acme", "r", 10**13, 1)),
     ("cost_max", lambda lg: lg.reserve("acme", "r", 0.5, 1)),  # type: ignore[arg-type]

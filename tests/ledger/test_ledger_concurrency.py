@@ -21,8 +21,18 @@ BUDGET = 10 * COST_MAX + 500
 def test_no_overshoot_across_processes(backend: Backend) -> None:
     ledger = backend.ledger
     ledger.configure_tenant("acme", TenantLimits(limit_micros=BUDGET, period=Period.NEVER))
-    reports = procs.run(backend, CLIENTS, "--mode", "reserve", "--tenant", "acme",
-                        "--n", str(REQUESTS), "--cost-max", str(COST_MAX))
+    reports = procs.run(
+        backend,
+        CLIENTS,
+        "--mode",
+        "reserve",
+        "--tenant",
+        "acme",
+        "--n",
+        str(REQUESTS),
+        "--cost-max",
+        str(COST_MAX),
+    )
     admitted = sum(int(r["admitted"]) for r in reports)  # type: ignore[call-overload]
     u = ledger.usage("acme")
     records = ledger.settlements("acme")
@@ -40,8 +50,20 @@ def test_negative_control_check_then_charge_overshoots(backend: Backend) -> None
     for round_ in range(3):
         tenant = f"naive{round_}"
         backend.ledger.configure_tenant(tenant, TenantLimits(period=Period.NEVER))  # no limit
-        procs.run(backend, CLIENTS, "--mode", "naive", "--tenant", tenant, "--n", str(REQUESTS),
-                  "--cost-max", str(COST_MAX), "--budget", str(BUDGET))
+        procs.run(
+            backend,
+            CLIENTS,
+            "--mode",
+            "naive",
+            "--tenant",
+            tenant,
+            "--n",
+            str(REQUESTS),
+            "--cost-max",
+            str(COST_MAX),
+            "--budget",
+            str(BUDGET),
+        )
         spent.append(backend.ledger.usage(tenant).spent_micros)
         if spent[-1] > BUDGET:
             return
@@ -50,8 +72,9 @@ def test_negative_control_check_then_charge_overshoots(backend: Backend) -> None
 
 def test_rate_limit_is_exact_across_processes(backend: Backend) -> None:
     rpm = 60
-    backend.ledger.configure_tenant("acme", TenantLimits(requests_per_minute=rpm,
-                                                         period=Period.NEVER))
+    backend.ledger.configure_tenant(
+        "acme", TenantLimits(requests_per_minute=rpm, period=Period.NEVER)
+    )
     reports = procs.run(backend, CLIENTS, "--mode", "rate", "--tenant", "acme", "--n", "40")
     times = [t for r in reports for t in r["admitted_at"]]  # type: ignore[attr-defined]
     per_minute = Counter(int(t // 60) for t in times)

@@ -52,11 +52,19 @@ def test_settle_charges_actual_cost_and_is_idempotent(ledger: Ledger) -> None:
     first = ledger.settle("a", 1_234, 30, 40)
     assert (first.cost_micros, first.prompt_tokens, first.completion_tokens) == (1_234, 30, 40)
     assert (first.model, first.price_version, first.clamped, first.expired) == (
-        "tiny", "p7", False, False)
+        "tiny",
+        "p7",
+        False,
+        False,
+    )
     assert ledger.settle("a", 9, 9, 9) == first
     u = ledger.usage("acme")
     assert (u.spent_micros, u.reserved_micros, u.tokens_prompt, u.tokens_completion) == (
-        1_234, 0, 30, 40)
+        1_234,
+        0,
+        30,
+        40,
+    )
     assert ledger.settlements("acme") == [first]
 
 
@@ -140,7 +148,8 @@ def test_period_rolls_over_by_the_ledgers_clock(backend: Backend) -> None:
     ledger.settle("inflight", 5_000, 5, 5)
     assert ledger.usage("acme").spent_micros == 5_000
     assert [s.request_id for s in ledger.settlements("acme", since=after.period_start)] == [
-        "inflight"]
+        "inflight"
+    ]
 
 
 def test_never_period_has_no_end(ledger: Ledger) -> None:

@@ -9,8 +9,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from frugalserve.ledger import Period
-from frugalserve.ledger import lua
+from frugalserve.ledger import Period, lua
 from frugalserve.ledger.localredis import LocalRedis
 from frugalserve.ledger.periods import period_bounds
 
@@ -50,8 +49,10 @@ def test_known_boundaries() -> None:
 def test_lua_bounds_agree_with_python(redis_server: LocalRedis, period: Period, now: int) -> None:
     client = redis.Redis(port=redis_server.port)
     try:
-        script = lua.PRELUDE + lua.PERIOD_BOUNDS + (
-            "local s, e = period_bounds(ARGV[1], tonumber(ARGV[2])) return {istr(s), istr(e)}"
+        script = (
+            lua.PRELUDE
+            + lua.PERIOD_BOUNDS
+            + ("local s, e = period_bounds(ARGV[1], tonumber(ARGV[2])) return {istr(s), istr(e)}")
         )
         start, end = (int(v) for v in client.eval(script, 0, period.value, now))  # type: ignore[union-attr]
     finally:

@@ -77,8 +77,12 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open[rid] = (tenant, cost, tokens, self.now + lease)
 
     @precondition(lambda self: self.open)
-    @rule(data=st.data(), cost=st.integers(0, 5_000), prompt=st.integers(0, 500),
-          completion=st.integers(0, 500))
+    @rule(
+        data=st.data(),
+        cost=st.integers(0, 5_000),
+        prompt=st.integers(0, 500),
+        completion=st.integers(0, 500),
+    )
     def settle(self, data: st.DataObject, cost: int, prompt: int, completion: int) -> None:
         rid = data.draw(st.sampled_from(sorted(self.open)))
         tenant, cost_max, tokens_max, expires = self.open.pop(rid)
@@ -152,9 +156,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
-def test_ledger_state_machine(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_ledger_state_machine(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     server: LocalRedis | None = request.getfixturevalue("redis_server") if kind == "redis" else None
     run_state_machine_as_test(
         lambda: LedgerMachine(lambda: make_backend(kind, tmp_path, server)),

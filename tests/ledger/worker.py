@@ -18,9 +18,10 @@ from frugalserve.ledger.sqlite import SQLiteLedger
 
 
 def open_backend(args: argparse.Namespace) -> Ledger:
+    """The parent's ledger, on the parent's clock (real time plus `--offset` seconds)."""
     if args.backend == "sqlite":
-        return SQLiteLedger(args.target)
-    return RedisLedger.from_url(args.target, prefix=args.prefix)
+        return SQLiteLedger(args.target, clock=lambda: time.time() + args.offset)
+    return RedisLedger.from_url(args.target, prefix=args.prefix, time_offset_s=args.offset)
 
 
 def work(rng: random.Random) -> None:
@@ -77,7 +78,9 @@ def rate_mode(ledger: Ledger, args: argparse.Namespace, rng: random.Random) -> d
 def hold_mode(ledger: Ledger, args: argparse.Namespace, rng: random.Random) -> None:
     """Reserve n requests, say so, then hang until killed."""
     for i in range(args.n):
-        ledger.reserve(args.tenant, f"{args.tenant}-held-{i}", args.cost_max, 100, lease_s=args.lease)
+        ledger.reserve(
+            args.tenant, f"{args.tenant}-held-{i}", args.cost_max, 100, lease_s=args.lease
+        )
     print("held", flush=True)
     time.sleep(3600)
 
@@ -94,8 +97,13 @@ def durable_mode(ledger: Ledger, args: argparse.Namespace, rng: random.Random) -
         return
 
 
-MODES = {"reserve": reserve_mode, "naive": naive_mode, "rate": rate_mode, "hold": hold_mode,
-         "durable": durable_mode}
+MODES = {
+    "reserve": reserve_mode,
+    "naive": naive_mode,
+    "rate": rate_mode,
+    "hold": hold_mode,
+    "durable": durable_mode,
+}
 
 
 def main() -> None:
@@ -110,6 +118,7 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=0)
     p.add_argument("--lease", type=float, default=300.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offset", type=float, default=0.0)
     args = p.parse_args()
     ledger = open_backend(args)
     print("ready", flush=True)
