@@ -1,0 +1,278 @@
+"""The gateway's logic, free of HTTP and Ray: authenticate a key, admit a request against its
+tenant's budget (exact prompt tokens, worst-case reservation, downgrade cascade), run it on a
+model and settle what it produced. `http.create_app` serves it; `app.Gateway` deploys it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from frugalserve.api.models import OnExceeded
+from frugalserve.ledger import BudgetExceeded, Ledger, RateLimited, TenantLimits, Usage
+from frugalserve.ledger import Period as LedgerPeriod
+from frugalserve.pricing.live import LiveCost, Prices
+from frugalserve.serving.clients import ModelClient
+from frugalserve.serving.config import GatewayUserConfig, ModelConfig, PriceConfig, TenantConfig
+from frugalserve.serving.engine import SamplingParams, TokenDelta
+from frugalserve.serving.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from frugalserve.serving.metrics import Metrics
+from frugalserve.serving.protocol import ChatRequest, CompletionRequest
+
+log = logging.getLogger(__name__)
+
+FREE = PriceConfig(gpu_hour_usd=0.0, gpus_per_replica=0)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An admitted request: where it runs, its prompt, its token cap and the locked price."""
+
+    request_id: str
+    tenant: str
+    model: str
+    prompt_ids: list[int]
+    max_tokens: int
+    prices: Prices
+    downgraded_from: str | None
+    usage: Usage
+    """The tenant's usage right after the reservation (for the response headers)."""
+
+
+class Gateway:
+    """Admission, routing and settlement for every model of one application."""
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelConfig],
+        clients: Mapping[str, ModelClient],
+        ledger: Ledger,
+        *,
+        metrics: Metrics | None = None,
+        reserve: bool = True,
+    ) -> None:
+        """`reserve=False` is the unsafe check-then-charge admission, kept only as the negative
+        control of the overshoot test: it admits on a usage check and charges at the end."""
+        self.models = dict(models)
+        self.clients = dict(clients)
+        self.ledger = ledger
+        self.metrics = metrics or Metrics()
+        self.reserve = reserve
+        self.tenants: tuple[TenantConfig, ...] = ()
+        self.costs = {name: LiveCost(FREE) for name in self.models}
+        self._background: set[asyncio.Future[None]] = set()
+
+    def configure(self, user: GatewayUserConfig) -> None:
+        """Apply tenants and prices in place (the deployment's `reconfigure`)."""
+        for tenant in user.tenants:
+            self.ledger.configure_tenant(tenant.name, TenantLimits(
+                limit_micros=tenant.limit_micros,
+                limit_tokens=tenant.limit_tokens,
+                period=LedgerPeriod(tenant.period.value),
+                requests_per_minute=tenant.requests_per_minute,
+                tokens_per_minute=tenant.tokens_per_minute,
+            ))
+        self.tenants = user.tenants
+        for name, cost in self.costs.items():
+            cost.price = user.prices.get(name, FREE)
+            cost.refresh(cost.snapshot.ready_replicas)
+
+    def authenticate(self, authorization: str | None) -> TenantConfig:
+        """The tenant whose key this is, comparing SHA-256 digests in constant time."""
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer KEY'.")
+        digest = hashlib.sha256(key.strip().encode()).hexdigest()
+        found = None
+        for tenant in self.tenants:
+            if hmac.compare_digest(digest, tenant.key_sha256):
+                found = tenant
+        if found is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return found
+
+    def visible_models(self, tenant: TenantConfig) -> list[str]:
+        return sorted(m for m in self.models if "*" in tenant.models or m in tenant.models)
+
+    def _chain(self, model: str) -> list[str]:
+        """The model and its fallbacks, in order, without cycles."""
+        chain = [model]
+        while (nxt := self.models[chain[-1]].fallback) and nxt in self.models and nxt not in chain:
+            chain.append(nxt)
+        return chain
+
+    async def admit(self, tenant: TenantConfig, req: ChatRequest | CompletionRequest) -> Admission:
+        """Reserve the worst case of `req` on its model, or on its fallbacks when the tenant's
+        policy is `downgrade`; raise the refusal of the last model tried."""
+        if req.model not in self.models:
+            raise NotFound(f"The model '{req.model}' does not exist.", param="model")
+        if req.model not in self.visible_models(tenant):
+            raise PermissionDenied(
+                f"Tenant '{tenant.name}' may not use model '{req.model}'.", param="model")
+        chain = self._chain(req.model)
+        if tenant.on_exceeded != OnExceeded.DOWNGRADE:
+            chain = chain[:1]
+        for i, model in enumerate(chain):
+            try:
+                return await self._admit_on(tenant, model, req, chain[0] if i else None)
+            except BudgetExceeded as exc:
+                if i + 1 == len(chain):
+                    self.metrics.rejections.labels(tenant.name, exc.reason).inc()
+                    raise
+                self.metrics.downgrades.labels(tenant.name, model, chain[i + 1], exc.reason).inc()
+            except RateLimited as exc:
+                self.metrics.rejections.labels(tenant.name, exc.reason).inc()
+                raise
+        raise AssertionError("unreachable: the chain is never empty")
+
+    async def _admit_on(self, tenant: TenantConfig, model: str,
+                        req: ChatRequest | CompletionRequest,
+                        downgraded_from: str | None) -> Admission:
+        if isinstance(req, ChatRequest):
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+            prepared = await self.clients[model].prepare(messages, None)
+            prompt_param = "messages"
+        else:
+            prepared = await self.clients[model].prepare(None, req.text())
+            prompt_param = "prompt"
+        n_prompt, context = len(prepared.prompt_ids), prepared.max_context_tokens
+        room = context - n_prompt
+        if room < 1:
+            raise InvalidRequest(
+                f"The prompt is {n_prompt} tokens; model '{model}' has a context of "
+                f"{context} tokens.", param=prompt_param, code="context_length_exceeded")
+        prices = self.costs[model].prices()
+        limit = req.limit()
+        if limit is None:
+            usage = await asyncio.to_thread(self.ledger.usage, tenant.name)
+            limit = _affordable(usage, prices, n_prompt, room)
+            if limit < 1:
+                raise BudgetExceeded(tenant.name, "budget", usage.remaining_micros,
+                                     usage.remaining_tokens, usage.period_end)
+        elif limit > room:
+            param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) \
+                else "max_tokens"
+            raise InvalidRequest(
+                f"{param}={limit} plus the prompt's {n_prompt} tokens exceeds the context of "
+                f"model '{model}' ({context} tokens); at most {room}.",
+                param=param, code="context_length_exceeded")
+        rid = f"{'chatcmpl' if prompt_param == 'messages' else 'cmpl'}-{uuid.uuid4().hex}"
+        usage = await asyncio.to_thread(
+            self._hold, tenant.name, rid, prices.cost(n_prompt, limit), n_prompt + limit,
+            model, prices.version)
+        self.metrics.in_flight.labels(tenant.name).inc()
+        return Admission(rid, tenant.name, model, prepared.prompt_ids, limit, prices,
+                         downgraded_from, usage)
+
+    def _hold(self, tenant: str, rid: str, cost_max: int, tokens_max: int, model: str,
+              version: str) -> Usage:
+        """Reserve (or, as the negative control, only check), then read the usage."""
+        if self.reserve:
+            self.ledger.reserve(tenant, rid, cost_max, tokens_max, model=model,
+                                price_version=version)
+            return self.ledger.usage(tenant)
+        usage = self.ledger.usage(tenant)
+        if (usage.remaining_micros is not None and usage.remaining_micros < cost_max) or (
+                usage.remaining_tokens is not None and usage.remaining_tokens < tokens_max):
+            raise BudgetExceeded(tenant, "budget", usage.remaining_micros,
+                                 usage.remaining_tokens, usage.period_end)
+        return usage
+
+    def _charge(self, adm: Admission, prompt: int, completion: int) -> None:
+        cost = adm.prices.cost(prompt, completion)
+        if self.reserve:
+            self.ledger.settle(adm.request_id, cost, prompt, completion)
+            return
+        try:
+            self.ledger.reserve(adm.tenant, adm.request_id, cost, prompt + completion,
+                                model=adm.model, price_version=adm.prices.version)
+            self.ledger.settle(adm.request_id, cost, prompt, completion)
+        except BudgetExceeded:
+            log.warning("check-then-charge lost the charge of %s", adm.request_id)
+
+    async def run(self, adm: Admission, params: SamplingParams) -> AsyncIterator[TokenDelta]:
+        """Stream the engine's deltas; settle, once, the counts of the last delta handed to the
+        consumer (all of them on success; what was received on disconnect or produced on error)."""
+        cost = self.costs[adm.model]
+        cost.begin()
+        start = time.monotonic()
+        first: float | None = None
+        last: TokenDelta | None = None
+        outcome = "error"
+        try:
+            async with aclosing(self.clients[adm.model].generate(
+                    adm.prompt_ids, params, adm.request_id)) as deltas:
+                async for delta in deltas:
+                    if first is None:
+                        first = time.monotonic()
+                    last = delta  # handed to the client: it is charged from here on
+                    yield delta
+            outcome = last.finish_reason or "stop" if last else "empty"
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "disconnected"
+            raise
+        finally:
+            prompt = last.prompt_tokens if last else len(adm.prompt_ids)
+            completion = last.completion_tokens if last else 0
+            settle = asyncio.ensure_future(
+                asyncio.to_thread(self._charge, adm, prompt, completion))
+            self._background.add(settle)
+            settle.add_done_callback(self._background.discard)
+            self.metrics.in_flight.labels(adm.tenant).dec()
+            end = time.monotonic()
+            self._observe(adm, outcome, prompt, completion, start, first, end)
+            cost.end(prompt, completion, (first or end) - start, end - (first or end))
+            await asyncio.shield(settle)
+
+    def _observe(self, adm: Admission, outcome: str, prompt: int, completion: int,
+                 start: float, first: float | None, end: float) -> None:
+        m = self.metrics
+        m.requests.labels(adm.tenant, adm.model, outcome).inc()
+        m.tokens.labels(adm.tenant, adm.model, "prompt").inc(prompt)
+        m.tokens.labels(adm.tenant, adm.model, "completion").inc(completion)
+        m.spend.labels(adm.tenant, adm.model).inc(adm.prices.cost(prompt, completion))
+        m.latency.labels(adm.model).observe(end - start)
+        if first is not None:
+            m.ttft.labels(adm.model).observe(first - start)
+            if completion > 1 and end > first:
+                m.tps.labels(adm.model).observe((completion - 1) / (end - first))
+
+    async def refresh(self, ready_replicas: Callable[[], Mapping[str, int]]) -> None:
+        """Recompute live cost with the replicas now ready, and pull engine stats."""
+        ready = await asyncio.to_thread(ready_replicas)
+        for name, cost in self.costs.items():
+            self.metrics.cost(name, cost.refresh(ready.get(name, 1)))
+            try:
+                self.metrics.engine(name, await self.clients[name].stats())
+            except Exception:  # a model still loading has no stats yet
+                log.debug("no engine stats from %s", name, exc_info=True)
+
+    def ready(self) -> None:
+        """Raise Unavailable until tenants are configured."""
+        if not self.tenants:
+            raise Unavailable("The gateway has no tenants configured yet.")
+
+
+def _affordable(usage: Usage, prices: Prices, n_prompt: int, room: int) -> int:
+    """The most completion tokens the remaining budget and the context allow."""
+    limit = room
+    if usage.remaining_tokens is not None:
+        limit = min(limit, usage.remaining_tokens - n_prompt)
+    if usage.remaining_micros is not None and prices.output > 0:
+        left = usage.remaining_micros - prices.input * n_prompt
+        limit = min(limit, int(left // prices.output))
+        while limit > 0 and prices.cost(n_prompt, limit) > usage.remaining_micros:
+            limit -= 1  # rounding up the cost can take the last token over
+    return limit

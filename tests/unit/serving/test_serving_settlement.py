@@ -1,0 +1,83 @@
+"""Settlement at the edges: a client that leaves mid-stream pays for what it received, an engine
+that fails mid-stream charges what it produced, and with a budget for ~20 requests 200
+concurrent requests never overspend — unless reservations are switched off (negative control)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from frugalserve.ledger import BudgetExceeded, Ledger
+from frugalserve.serving.clients import EngineClient
+from frugalserve.serving.engine import SamplingParams
+from frugalserve.serving.gateway import Gateway
+from frugalserve.serving.protocol import CompletionRequest
+from tests.serving.fake_engine import FakeEngine
+from tests.unit.serving.conftest import model, user_config
+
+pytestmark = pytest.mark.unit
+
+
+def gateway(ledger: Ledger, engine: FakeEngine, *, reserve: bool = True,
+            **alice: object) -> Gateway:
+    gw = Gateway({"big": model("big", "small"), "small": model("small")},
+                 {"big": EngineClient(engine), "small": EngineClient(FakeEngine("small"))},
+                 ledger, reserve=reserve)
+    gw.configure(user_config(**alice))
+    return gw
+
+
+async def test_disconnect_charges_only_what_was_received(ledger: Ledger) -> None:
+    engine = FakeEngine("big", step_s=0.001)
+    gw = gateway(ledger, engine)
+    alice = gw.authenticate("Bearer sk-alice")
+    adm = await gw.admit(alice, CompletionRequest(model="big", prompt="abcd", max_tokens=50))
+    stream = gw.run(adm, SamplingParams(max_tokens=adm.max_tokens))
+    received = [await anext(stream) for _ in range(3)]
+    await stream.aclose()
+    assert received[-1].completion_tokens == 3
+    usage = ledger.usage("alice")
+    assert (usage.tokens_prompt, usage.tokens_completion, usage.in_flight) == (4, 3, 0)
+    assert usage.spent_micros == 4 * 1 + 3 * 10
+    assert engine.running == 0  # the engine's slot was freed
+
+
+async def test_engine_error_settles_what_was_produced(ledger: Ledger) -> None:
+    gw = gateway(ledger, FakeEngine("big", fail_after=2))
+    alice = gw.authenticate("Bearer sk-alice")
+    adm = await gw.admit(alice, CompletionRequest(model="big", prompt="ab", max_tokens=9))
+    with pytest.raises(RuntimeError):
+        async for _ in gw.run(adm, SamplingParams(max_tokens=adm.max_tokens)):
+            pass
+    usage = ledger.usage("alice")
+    assert (usage.tokens_completion, usage.spent_micros, usage.in_flight) == (2, 2 + 20, 0)
+
+
+async def burst(gw: Gateway, n: int) -> int:
+    """n concurrent streaming requests; returns the micro-USD of everything served."""
+    alice = gw.authenticate("Bearer sk-alice")
+
+    async def one() -> int:
+        try:
+            adm = await gw.admit(alice, CompletionRequest(model="big", prompt="p" * 10,
+                                                          max_tokens=20, stream=True))
+        except BudgetExceeded:
+            return 0
+        deltas = [d async for d in gw.run(adm, SamplingParams(max_tokens=adm.max_tokens))]
+        return adm.prices.cost(deltas[-1].prompt_tokens, deltas[-1].completion_tokens)
+
+    return sum(await asyncio.gather(*(one() for _ in range(n))))
+
+
+@pytest.mark.parametrize("reserve", [True, False])
+async def test_concurrent_burst_never_overspends(ledger: Ledger, reserve: bool) -> None:
+    budget = 20 * (10 * 1 + 20 * 10)  # about 20 requests
+    gw = gateway(ledger, FakeEngine("big", step_s=0.002), reserve=reserve,
+                 limit_micros=budget)
+    served = await burst(gw, 200)
+    spent = ledger.usage("alice").spent_micros
+    if reserve:
+        assert served == spent <= budget
+    else:  # negative control: check-then-charge admits far more than the budget pays for
+        assert served > 2 * budget
