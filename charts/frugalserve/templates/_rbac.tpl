@@ -16,10 +16,10 @@ operator watches the whole cluster; "clusterRules" are for cluster-scoped resour
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
   verbs: ["create", "get", "list", "patch", "watch"]
-# Tenants' API keys: read to hash them; the key itself never leaves the Secret.
+# Tenants' API keys: read one by one to hash them; the key itself never leaves the Secret.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 # kopf posts events about handlers and invalid specs.
 - apiGroups: [""]
   resources: ["events"]
