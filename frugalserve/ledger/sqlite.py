@@ -1,9 +1,12 @@
 """SQLite ledger backend: the embedded default of local mode; one database file shared safely
-by many processes on one machine (WAL, synchronous=FULL, every write in BEGIN IMMEDIATE)."""
+by many processes on one machine (WAL, synchronous=FULL, every write in BEGIN IMMEDIATE,
+writers queued on a `<db>-writelock` file lock)."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -201,6 +204,9 @@ class SQLiteLedger:
             path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
         )
         self._conn.row_factory = sqlite3.Row
+        # Writers queue on a blocking file lock instead of SQLite's polling busy handler,
+        # which starves unlucky processes (seconds of p99 with 8 writers).
+        self._write_lock_fd = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
@@ -216,13 +222,17 @@ class SQLiteLedger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One serialized write transaction: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            fcntl.flock(self._write_lock_fd, fcntl.LOCK_EX)
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            finally:
+                fcntl.flock(self._write_lock_fd, fcntl.LOCK_UN)
 
     @staticmethod
     def _load(db: sqlite3.Connection, tenant: str) -> _Tenant:
@@ -446,3 +456,4 @@ class SQLiteLedger:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            os.close(self._write_lock_fd)
