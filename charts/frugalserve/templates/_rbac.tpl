@@ -1,7 +1,8 @@
 {{/* The API access the operator uses: exactly the (apiGroup, resource, verb) set its tests
 recorded (tests/fixtures/operator-rbac.json, compared by tests/chart/test_rbac.py). No
-wildcards. "namespacedRules" go to a Role per watched namespace, or to the ClusterRole when the
-operator watches the whole cluster; "clusterRules" are for cluster-scoped resources. */}}
+wildcards. "namespacedRules" go to a Role per watched namespace, or with "clusterWideRules" to the
+ClusterRole when the operator watches the whole cluster; "clusterRules" (cluster-scoped
+resources) are always in the ClusterRole. */}}
 
 {{- define "frugalserve.namespacedRules" -}}
 # ModelDeployments and Tenants: watched; kopf patches its progress annotations and finalizers.
@@ -27,12 +28,15 @@ operator watches the whole cluster; "clusterRules" are for cluster-scoped resour
 {{- end }}
 
 {{- define "frugalserve.clusterRules" -}}
-# kopf discovers the namespaces to serve when watching the whole cluster.
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["list", "watch"]
 # kopf watches CRDs to notice resources appearing and going.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- end }}
+
+{{- define "frugalserve.clusterWideRules" -}}
+# kopf discovers the namespaces to serve when watching the whole cluster.
+- apiGroups: [""]
+  resources: ["namespaces"]
   verbs: ["list", "watch"]
 {{- end }}
