@@ -5,9 +5,12 @@ the library; errors go to stderr with exit code 1."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from frugalserve.api import ManifestError, Manifests, load_manifests
 from frugalserve.api.crds import crds, to_yaml
@@ -73,6 +76,53 @@ def cmd_render(args: argparse.Namespace) -> None:
     sys.stdout.write("---\n" + "---\n".join(docs))
 
 
+def cmd_operator(args: argparse.Namespace) -> None:
+    from frugalserve.operator.run import run
+    from frugalserve.operator.settings import OperatorSettings
+
+    flags = {
+        "namespaces": ",".join(args.namespace) if args.namespace else None,
+        "ledger_url": args.ledger_url,
+        "serving_ledger_url": args.serving_ledger_url,
+        "prometheus_url": args.prometheus_url,
+        "gpu_prices": args.pricing,
+        "image": args.image,
+        "cost_interval_s": args.cost_interval,
+        "tenant_interval_s": args.tenant_interval,
+    }
+    try:
+        settings = OperatorSettings.from_env(os.environ, flags)
+    except (ValidationError, OSError, ValueError) as exc:
+        raise CliError(f"operator settings: {exc}") from None
+    run(settings, liveness_endpoint=args.liveness)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from frugalserve.serving.local import serve_forever
+
+    serve_forever(args.filename, Path(args.state_dir).expanduser(), host=args.host,
+                  port=args.port)
+
+
+def cmd_usage(args: argparse.Namespace) -> None:
+    import json
+
+    from frugalserve.serving.local import usage_rows, usage_table
+
+    try:
+        rows = usage_rows(Path(args.state_dir).expanduser())
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps(rows, indent=2) if args.json else usage_table(rows))
+
+
+def _add_state_dir(parser: argparse.ArgumentParser) -> None:
+    from frugalserve.serving.local import DEFAULT_STATE_DIR
+
+    parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                        help=f"Ledger and generated keys (default: {DEFAULT_STATE_DIR}).")
+
+
 def _add_filename(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--filename", action="append", required=True, help="Manifest file (repeatable)."
@@ -93,6 +143,30 @@ def build_parser() -> argparse.ArgumentParser:
     render_p.add_argument("--image", help="Serving image (default: the operator's).")
     render_p.add_argument("--ledger-url", help="Ledger URL written into the Serve config.")
     render_p.set_defaults(func=cmd_render)
+    op_p = sub.add_parser(
+        "operator", help="Run the Kubernetes operator (kopf); FRUGALSERVE_* env vars or flags.")
+    op_p.add_argument("-n", "--namespace", action="append",
+                      help="Namespace to watch (repeatable; default: the whole cluster).")
+    op_p.add_argument("--ledger-url", help="Ledger the operator reads usage from.")
+    op_p.add_argument("--serving-ledger-url", help="Ledger URL written into Serve configs.")
+    op_p.add_argument("--prometheus-url", help="Prometheus base URL (else scrape gateways).")
+    op_p.add_argument("--pricing", help="GPU price table: JSON object or a JSON file path.")
+    op_p.add_argument("--image", help="Default serving image.")
+    op_p.add_argument("--cost-interval", type=float, help="Seconds between live cost updates.")
+    op_p.add_argument("--tenant-interval", type=float, help="Seconds between Tenant updates.")
+    op_p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                      help="kopf's liveness endpoint (default: http://0.0.0.0:8080/healthz).")
+    op_p.set_defaults(func=cmd_operator)
+    serve_p = sub.add_parser("serve", help="Local mode: serve the manifests on a local Ray.")
+    _add_filename(serve_p)
+    _add_state_dir(serve_p)
+    serve_p.add_argument("--host", default="127.0.0.1", help="Bind address (default: 127.0.0.1).")
+    serve_p.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000).")
+    serve_p.set_defaults(func=cmd_serve)
+    usage_p = sub.add_parser("usage", help="Each local tenant's spend, tokens and budget left.")
+    _add_state_dir(usage_p)
+    usage_p.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    usage_p.set_defaults(func=cmd_usage)
     return parser
 
 

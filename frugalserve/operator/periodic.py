@@ -1,0 +1,74 @@
+"""The operator's two periodic jobs, one loop each for all objects (not per-object kopf timers,
+which would force a finalizer onto every object): live cost into ModelDeployment.status and
+the ledger's usage into Tenant.status. Each tick runs in a thread and writes only changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from frugalserve.api.manifests import ManifestError
+from frugalserve.ledger import UnknownTenant
+from frugalserve.operator import status as st
+from frugalserve.operator.context import Context
+from frugalserve.operator.reconcile import parse_model, parse_tenant
+from frugalserve.pricing.cost import gpu_hour_usd
+
+logger = logging.getLogger(__name__)
+Docs = list[Mapping[str, Any]]
+
+
+def _key(doc: Mapping[str, Any]) -> tuple[str, str]:
+    return doc["metadata"]["namespace"], doc["metadata"]["name"]
+
+
+def cost_tick(ctx: Context, docs: Docs) -> None:
+    """hourlyCostUSD, tokensPerSecond, liveCostPerMillionTokensUSD of every valid
+    ModelDeployment whose rate could be read, written where changed (blocking)."""
+    models, statuses = {}, {}
+    for doc in docs:
+        try:
+            models[_key(doc)] = parse_model(doc)
+        except ManifestError:
+            continue
+        statuses[_key(doc)] = doc.get("status") or {}
+    rates = ctx.rate(sorted(models))
+    for key, tokens_per_second in sorted(rates.items()):
+        spec, previous = models[key].spec, statuses[key]
+        ready = (previous.get("replicas") or {}).get("ready", 0)
+        new = st.cost_status(ready, spec.resources.gpus_per_replica,
+                             gpu_hour_usd(spec, ctx.settings.gpu_prices), tokens_per_second)
+        delta = st.changed(previous, new)
+        if delta:
+            ctx.kube.patch_status("modeldeployments", *key, delta)
+
+
+def tenant_tick(ctx: Context, docs: Docs) -> None:
+    """Every valid, configured Tenant's usage from the ledger, written where changed
+    (blocking)."""
+    if ctx.ledger is None:
+        return
+    for doc in sorted(docs, key=_key):
+        try:
+            tenant = parse_tenant(doc)
+            usage = ctx.ledger.usage(tenant.metadata.name)
+        except (ManifestError, UnknownTenant):
+            continue
+        previous = doc.get("status") or {}
+        delta = st.changed(previous, st.tenant_status(usage, tenant.spec.budget.on_exceeded))
+        if delta:
+            ctx.kube.patch_status("tenants", *_key(doc), delta)
+
+
+async def every(interval_s: float, snapshot: Callable[[], Docs],
+                tick: Callable[[Context, Docs], None], ctx: Context) -> None:
+    """Run tick(ctx, snapshot()) in a thread every interval until cancelled; a failing tick
+    is logged and the next one runs on schedule."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(tick, ctx, snapshot())
+        except Exception:
+            logger.exception("periodic %s failed", tick.__name__)
