@@ -146,7 +146,9 @@ def with_key(values: dict[str, Any], path: tuple[str, ...], key: str) -> dict[st
     return out
 
 
-def mapping_paths(values: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+def mapping_paths(
+    values: dict[str, Any], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
     """Every mapping of values.yaml that the schema closes (all but the open maps)."""
     yield prefix
     for key, child in values.items():
