@@ -49,8 +49,9 @@ def test_cluster_wide_rules_are_exactly_what_the_operator_used(
 ) -> None:
     rel = release("default")
     assert rel.of_kind("Role") == []
-    assert difference(granted(rules_of(rel, "ClusterRole")), recorded()) == {
-        "extra": [], "missing": []}
+    diff = difference(granted(rules_of(rel, "ClusterRole")), recorded())
+    assert diff == {"extra": [], "missing": []}, f"granted but unused: {diff['extra']}; " \
+        f"used but not granted: {diff['missing']}"
 
 
 def test_namespaced_rules_are_exactly_what_the_operator_used(
@@ -64,8 +65,10 @@ def test_namespaced_rules_are_exactly_what_the_operator_used(
     assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces)
     cluster = granted(rules_of(rel, "ClusterRole"))
     for role in roles:
-        assert difference(granted(role["rules"]) | cluster, recorded() - CLUSTER_WIDE_ONLY) == {
-            "extra": [], "missing": []}, role["metadata"]["namespace"]
+        diff = difference(granted(role["rules"]) | cluster, recorded() - CLUSTER_WIDE_ONLY)
+        assert diff == {"extra": [], "missing": []}, (
+            f"{role['metadata']['namespace']}: granted but unused: {diff['extra']}; "
+            f"used but not granted: {diff['missing']}")
     # A namespaced operator's ClusterRole holds cluster-scoped resources only.
     assert {resource for _, resource, _ in cluster} <= {"customresourcedefinitions"}
 

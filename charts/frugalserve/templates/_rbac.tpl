@@ -5,10 +5,10 @@ ClusterRole when the operator watches the whole cluster; "clusterRules" (cluster
 resources) are always in the ClusterRole. */}}
 
 {{- define "frugalserve.namespacedRules" -}}
-# ModelDeployments and Tenants: watched; kopf patches its progress annotations and finalizers.
+# ModelDeployments and Tenants: listed and watched by kopf, which patches its progress annotations.
 - apiGroups: ["frugalserve.io"]
   resources: ["modeldeployments", "tenants"]
-  verbs: ["get", "list", "patch", "watch"]
+  verbs: ["list", "patch", "watch"]
 # Conditions, replicas, live cost, spend.
 - apiGroups: ["frugalserve.io"]
   resources: ["modeldeployments/status", "tenants/status"]
