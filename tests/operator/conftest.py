@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from pathlib import Path
@@ -31,6 +32,20 @@ RAYSERVICES = kmock.resource("ray.io", "v1", "rayservices")
 SECRETS = kmock.resource("", "v1", "secrets")
 EVENTS = kmock.resource("", "v1", "events")
 ALL_VERBS = {"list", "watch", "get", "create", "patch", "delete"}
+REGEN = os.environ.get("FRUGALSERVE_REGEN") == "1"
+RECORDED: set[tuple[str, str, str]] = set()
+"""Every (apiGroup, resource, verb) the operator used in this session's tests."""
+
+
+def committed_rbac() -> set[tuple[str, str, str]]:
+    return {(e["apiGroup"], e["resource"], e["verb"]) for e in json.loads(RBAC_FILE.read_text())}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """FRUGALSERVE_REGEN=1 rewrites the RBAC fixture from what the operator used."""
+    if REGEN and RECORDED:
+        rows = [{"apiGroup": g, "resource": r, "verb": v} for g, r, v in sorted(RECORDED)]
+        RBAC_FILE.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def declare(k: Emulator) -> None:
@@ -144,10 +159,9 @@ async def cluster() -> AsyncIterator[Cluster]:
     async with Emulator() as k, kmock.Server(k):
         declare(k)
         yield Cluster(k)
-        recorded = {(g, r, v) for g, r, v in k.verbs}
-        allowed = {(e["apiGroup"], e["resource"], e["verb"])
-                   for e in json.loads(RBAC_FILE.read_text())}
-        assert recorded <= allowed, f"verbs missing from {RBAC_FILE}: {recorded - allowed}"
+        RECORDED.update(k.verbs)
+        missing = k.verbs - committed_rbac()
+        assert REGEN or not missing, f"not in {RBAC_FILE} (FRUGALSERVE_REGEN=1): {missing}"
 
 
 class NotKopfs(Collection["asyncio.Task[Any]"]):
