@@ -1,0 +1,115 @@
+"""Tenants reconciled by the real operator: the key's hash reaches the gateway's user_config
+(and the key itself nowhere else), the ledger learns the limits, and its usage comes back as
+Tenant.status."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from frugalserve.ledger import open_ledger
+from frugalserve.serving.config import hash_key
+from tests.operator.conftest import (
+    MODELS,
+    RAYSERVICES,
+    SECRETS,
+    TENANTS,
+    Cluster,
+    OperatorFactory,
+    eventually,
+    model,
+    secret,
+    settle,
+)
+
+pytestmark = pytest.mark.operator
+API_KEY = "fs-live-7c1e9a0b5d2f4e8a9b3c6d1e0f2a4b6c"
+
+
+def tenant(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "frugalserve.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"apiKeySecretRef": {"name": f"{name}-key"}, **spec}}
+
+
+def gateway_tenants(rs: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The tenants in the Gateway deployment's user_config of a RayService."""
+    if rs is None:
+        return []
+    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+    gateway = next(d for d in app["deployments"] if d["name"] == "Gateway")
+    tenants: list[dict[str, Any]] = gateway["user_config"]["tenants"]
+    return tenants
+
+
+async def test_tenant_key_hash_reaches_the_serving_config_and_the_key_nowhere_else(
+    cluster: Cluster, operator: OperatorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with operator():
+        await cluster.create(SECRETS, secret("acme-key", API_KEY))
+        await cluster.create(MODELS, model("alpha"))
+        await cluster.create(MODELS, model("beta"))
+        rs = await eventually(lambda: cluster.get(RAYSERVICES, "alpha"))
+        uid = rs["metadata"]["uid"]
+        await cluster.create(TENANTS, tenant("acme", models=["alpha"],
+                                             budget={"limitUSD": 5, "period": "daily"}))
+        found = await eventually(lambda: gateway_tenants(cluster.get(RAYSERVICES, "alpha")))
+        assert found[0]["name"] == "acme"
+        assert found[0]["key_sha256"] == hash_key(API_KEY)
+        assert found[0]["limit_micros"] == 5_000_000
+        assert cluster.get(RAYSERVICES, "alpha")["metadata"]["uid"] == uid  # patched in place
+        await settle(cluster)
+        assert gateway_tenants(cluster.get(RAYSERVICES, "beta")) == []  # not allowed there
+        # A budget change reaches the same user_config; removal takes the tenant out.
+        await cluster.patch(TENANTS, "default", "acme", {"spec": {"budget": {"limitUSD": 7}}})
+        await eventually(lambda: gateway_tenants(cluster.get(RAYSERVICES, "alpha"))[0]
+                         ["limit_micros"] == 7_000_000)
+        await cluster.delete(TENANTS, "default", "acme")
+        await eventually(lambda: gateway_tenants(cluster.get(RAYSERVICES, "alpha")) == [])
+        await settle(cluster)
+    secrets = {(res, name) for (res, _, name) in cluster.k.objects if res == SECRETS}
+    everything = [obj.raw for key, obj in cluster.k.objects.items()
+                  if key[0] != SECRETS and not obj.deleted]
+    assert secrets and everything
+    written = [r.text for r in cluster.k._requests if r.method.value != "GET"
+               and "/secrets" not in str(r.url)]
+    haystack = json.dumps(everything) + "".join(written) + caplog.text
+    assert API_KEY not in haystack
+    assert hash_key(API_KEY) in haystack  # the negative control: the search does find things
+
+
+async def test_ledger_usage_becomes_tenant_status(
+    cluster: Cluster, operator: OperatorFactory, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    async with operator(ledger_url=url, tenant_interval_s=0.2):
+        await cluster.create(SECRETS, secret("acme-key", API_KEY))
+        await cluster.create(TENANTS, tenant("acme", budget={"limitUSD": 1}))
+        status = await eventually(lambda: (cluster.get(TENANTS, "acme") or {}).get("status", {})
+                                  .get("state"))
+        assert status == "Active"
+        ledger = open_ledger(url)
+        try:
+            assert ledger.tenants() == ["acme"]  # the operator configured its limits
+            ledger.reserve("acme", "r1", 600_000, 100)
+            ledger.settle("r1", 400_000, 30, 70)
+            await eventually(lambda: cluster.get(TENANTS, "acme")["status"]["spentUSD"] == 0.4)
+            current = cluster.get(TENANTS, "acme")["status"]
+            assert current["remainingUSD"] == 0.6
+            assert current["tokensUsed"] == {"prompt": 30, "completion": 70}
+            assert current["periodStart"].endswith("Z")
+            await settle(cluster)
+            quiet = len(cluster.operator_writes())
+            ledger.reserve("acme", "r2", 600_000, 100)
+            ledger.settle("r2", 600_000, 10, 10)
+            await eventually(lambda: cluster.get(TENANTS, "acme")["status"]["state"]
+                             == "Exhausted")
+            assert len(cluster.operator_writes()) == quiet + 1  # one status write, no more
+        finally:
+            ledger.close()
