@@ -23,4 +23,8 @@ granted. */}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+# Events about invalid specs and handler outcomes (kopf posts them).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
 {{- end }}
