@@ -110,6 +110,10 @@ class Cluster:
             return None
         return self.k.objects[key].raw
 
+    def status(self, resource: Any, name: str) -> dict[str, Any]:
+        """The object's status ({} while absent)."""
+        return dict((self.get(resource, name) or {}).get("status") or {})
+
     def all(self, resource: Any) -> list[dict[str, Any]]:
         return [obj.raw for (res, _, _), obj in self.k.objects.items()
                 if res == resource and not obj.deleted]
