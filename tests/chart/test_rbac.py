@@ -12,7 +12,7 @@ import pytest
 
 from tests.chart.conftest import ROOT, Release, load_values
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.chart
 
 RECORDED = ROOT / "tests" / "fixtures" / "operator-rbac.json"
 Triple = tuple[str, str, str]

@@ -22,7 +22,7 @@ from frugalserve.operator.render import RenderSettings
 from frugalserve.operator.settings import ENV_PREFIX, OperatorSettings
 from tests.chart.conftest import CHART, NAMESPACE, ROOT, SCENARIOS, Release, load_values
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.chart
 
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.26.0", kubernetes_validate.latest_version())

@@ -14,7 +14,7 @@ import pytest
 
 from tests.chart.conftest import CHART, SCENARIOS, load_values
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.chart
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.-]+):")
