@@ -1,0 +1,333 @@
+"""Benchmark of the frugalserve engine against `transformers.generate` on the same weights.
+
+Run: `python bench/engine.py` (about 3-5 minutes on 2 cores). Prints a table, appends a section
+to docs/benchmarks.md, and prints one JSON object with the headline ratios as the last line.
+
+Threads: every measurement (ours and transformers) runs with `torch.set_num_threads(THREADS)`,
+1 by default (`--threads N`): on this 2-core machine batch-1 decode is as fast on one thread, and
+the second core is left to the server's own threads (the engine's default is all cores but one).
+Each speed is the best of `--repeats` alternating runs, since other load only slows a run down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.generation.streamers import BaseStreamer
+
+from frugalserve.serving.engine import Engine, ModelArgs, SamplingParams, write_checkpoint
+from frugalserve.serving.engine.checkpoint import load_model
+from frugalserve.serving.engine.quantize import decode_bytes_per_token, swap_linears
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = "python bench/engine.py"
+PROMPT_LEN, NEW_TOKENS = 64, 128
+
+
+@dataclass
+class Speed:
+    """One measured configuration."""
+
+    name: str
+    decode_tok_s: float
+    ttft_ms: float
+    peak_rss_mib: float
+
+
+class PeakRss:
+    """Samples this process's RSS every 5 ms while active (the peak of a phase)."""
+
+    def __enter__(self) -> PeakRss:
+        self.peak, self._stop = psutil.Process().memory_info().rss, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, proc.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return self.peak / 2**20
+
+
+def checkpoint(name: str, cache: Path) -> Path:
+    """A seeded checkpoint of a bench preset without EOS (every run decodes the full length)."""
+    path = cache / f"{name}-noeos"
+    if not (path / "config.json").is_file():
+        write_checkpoint(path, ModelArgs.from_name(name).with_(eos_token_ids=()), seed=0)
+    return path
+
+
+def memory_bandwidth() -> float:
+    """Best read bandwidth (bytes/s) over 256 MiB, with 1 and 2 threads: the floor's divisor."""
+    x = torch.ones(64 * 2**20)
+    best = 0.0
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for _ in range(7):
+            t = time.perf_counter()
+            x.sum()
+            best = max(best, x.numel() * 4 / (time.perf_counter() - t))
+    return best
+
+
+def prompts(batch: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[1] + [rng.randrange(3, 500) for _ in range(PROMPT_LEN - 1)] for _ in range(batch)]
+
+
+# ---------------------------------------------------------------- transformers
+
+
+class FirstToken(BaseStreamer):
+    """Records when generate produced its first new token (the 2nd `put`; the 1st is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate(model: torch.nn.Module, batch: list[list[int]], new_tokens: int,
+                streamer: FirstToken | None = None) -> None:
+    with torch.no_grad():
+        model.generate(torch.tensor(batch), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False, eos_token_id=None, pad_token_id=0, streamer=streamer)
+
+
+def hf_speed(model: torch.nn.Module, batch: list[list[int]]) -> tuple[float, float]:
+    """(decode tokens/s, time to first token in s) of one generate call."""
+    streamer = FirstToken() if len(batch) == 1 else None
+    t0 = time.perf_counter()
+    hf_generate(model, batch, NEW_TOKENS, streamer)
+    total = time.perf_counter() - t0
+    if streamer is not None:
+        ttft = streamer.puts[1] - t0
+    else:
+        t1 = time.perf_counter()
+        hf_generate(model, batch, 1)
+        ttft = time.perf_counter() - t1
+    return len(batch) * (NEW_TOKENS - 1) / (total - ttft), ttft
+
+
+# ---------------------------------------------------------------- ours
+
+
+async def our_speed(engine: Engine, batch: list[list[int]]) -> tuple[float, float]:
+    """(decode tokens/s, mean time to first token in s) of `batch` concurrent requests."""
+    params = SamplingParams(max_tokens=NEW_TOKENS)
+    t0 = time.perf_counter()
+    firsts: list[float] = []
+
+    async def one(prompt: list[int]) -> None:
+        async for delta in engine.generate(prompt, params):
+            if delta.completion_tokens == 1:
+                firsts.append(time.perf_counter())
+
+    await asyncio.gather(*(one(p) for p in batch))
+    end = time.perf_counter()
+    return len(batch) * (NEW_TOKENS - 1) / (end - max(firsts)), statistics.mean(firsts) - t0
+
+
+def compare(label: str, path: Path, batch_size: int, quantizations: list[str], repeats: int,
+            threads: int) -> list[Speed]:
+    """transformers fp32 and our engine (each quantization), alternating, best of `repeats`."""
+    batch = prompts(batch_size)
+    results: dict[str, list[tuple[float, float]]] = {}
+    rss: dict[str, float] = {}
+    with PeakRss() as peak:
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        torch.set_num_threads(threads)
+        hf_generate(hf, batch, 4)  # warm-up
+    rss["hf"] = peak.mib
+    engines = {}
+    for q in quantizations:
+        with PeakRss() as peak:
+            engines[q] = Engine.from_source(f"file://{path}", quantization=q,
+                                            max_batch_size=batch_size, num_threads=threads,
+                                            max_context_tokens=PROMPT_LEN + NEW_TOKENS)
+            asyncio.run(our_speed(engines[q], batch[:1]))  # warm-up
+        rss[q] = peak.mib
+    for _ in range(repeats):
+        results.setdefault("hf", []).append(hf_speed(hf, batch))
+        for q, engine in engines.items():
+            results.setdefault(q, []).append(asyncio.run(our_speed(engine, batch)))
+    for engine in engines.values():
+        asyncio.run(engine.close())
+    out = [Speed(f"{label} transformers fp32 b{batch_size}", *best(results["hf"]), rss["hf"])]
+    out += [Speed(f"{label} ours {q} b{batch_size}", *best(results[q]), rss[q])
+            for q in quantizations]
+    return out
+
+
+def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return max(r[0] for r in runs), 1000 * min(r[1] for r in runs)
+
+
+# ---------------------------------------------------------------- continuous arrival
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at: float
+    prompt: list[int]
+    max_tokens: int
+
+
+def arrivals(n: int, window_s: float, seed: int = 1) -> list[Arrival]:
+    """n requests, Poisson arrivals over ~window_s, prompts 16-128 tokens, 8-64 new tokens."""
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(n / window_s)
+        prompt = [1] + [rng.randrange(3, 500) for _ in range(rng.randint(15, 127))]
+        out.append(Arrival(t, prompt, rng.randint(8, 64)))
+    return out
+
+
+def serial_generate(hf: torch.nn.Module, work: list[Arrival]) -> tuple[float, list[float]]:
+    """What a simple server does: one generate at a time, in arrival order."""
+    t0, ttfts = time.perf_counter(), []
+    for a in work:
+        time.sleep(max(0.0, t0 + a.at - time.perf_counter()))
+        streamer = FirstToken()
+        hf_generate(hf, [a.prompt], a.max_tokens, streamer)
+        ttfts.append(streamer.puts[1] - (t0 + a.at))
+    return time.perf_counter() - t0, ttfts
+
+
+async def continuous(engine: Engine, work: list[Arrival]) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+
+    async def one(a: Arrival) -> float:
+        await asyncio.sleep(max(0.0, t0 + a.at - time.perf_counter()))
+        ttft = -1.0
+        async for _ in engine.generate(a.prompt, SamplingParams(max_tokens=a.max_tokens)):
+            if ttft < 0:
+                ttft = time.perf_counter() - (t0 + a.at)
+        return ttft
+
+    ttfts = await asyncio.gather(*(one(a) for a in work))
+    return time.perf_counter() - t0, list(ttfts)
+
+
+def arrival_bench(path: Path, threads: int) -> list[dict]:
+    work = arrivals(64, window_s=6.0)
+    tokens = sum(a.max_tokens for a in work)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    torch.set_num_threads(threads)
+    serial_s, serial_ttft = serial_generate(hf, work)
+    del hf
+    gc.collect()
+    engine = Engine.from_source(f"file://{path}", max_batch_size=16, num_threads=threads,
+                                max_context_tokens=256)
+    ours_s, ours_ttft = asyncio.run(continuous(engine, work))
+    asyncio.run(engine.close())
+    return [{"name": name, "tok_s": tokens / s, "ttft_p50_ms": 1000 * statistics.median(t),
+             "ttft_p90_ms": 1000 * statistics.quantiles(t, n=10)[-1], "makespan_s": s}
+            for name, s, t in (("serial transformers.generate", serial_s, serial_ttft),
+                               ("ours, continuous batching (16 slots)", ours_s, ours_ttft))]
+
+
+# ---------------------------------------------------------------- report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/frugalserve/bench")
+    opts = parser.parse_args()
+    dense, moe = checkpoint("bench-dense", opts.cache), checkpoint("bench-moe", opts.cache)
+    bandwidth = memory_bandwidth()
+    torch.set_num_threads(opts.threads)
+    speeds = compare("dense", dense, 1, ["none", "int8", "int4"], opts.repeats, opts.threads)
+    speeds += compare("dense", dense, 16, ["none"], 1, opts.threads)
+    speeds += compare("moe", moe, 16, ["none"], 1, opts.threads)
+    floors = floor_table(dense, bandwidth)
+    arrival = arrival_bench(dense, opts.threads)
+    s = {sp.name: sp for sp in speeds}
+    headline = {
+        "fp32_b1_vs_hf": s["dense ours none b1"].decode_tok_s
+        / s["dense transformers fp32 b1"].decode_tok_s,
+        "fp32_b1_floor_pct": 100 * s["dense ours none b1"].decode_tok_s / floors["none"],
+        "int8_b1_vs_hf_fp32": s["dense ours int8 b1"].decode_tok_s
+        / s["dense transformers fp32 b1"].decode_tok_s,
+        "int8_b1_floor_pct": 100 * s["dense ours int8 b1"].decode_tok_s / floors["int8"],
+        "moe_b16_vs_hf": s["moe ours none b16"].decode_tok_s
+        / s["moe transformers fp32 b16"].decode_tok_s,
+        "arrival_vs_serial": arrival[1]["tok_s"] / arrival[0]["tok_s"],
+        "arrival_ttft_p50_ratio": arrival[1]["ttft_p50_ms"] / arrival[0]["ttft_p50_ms"],
+    }
+    headline = {k: round(v, 3) for k, v in headline.items()}
+    text = report(speeds, floors, bandwidth, arrival, headline, opts.threads)
+    print(text)
+    append_docs(text)
+    print(json.dumps(headline))
+
+
+def floor_table(path: Path, bandwidth: float) -> dict[str, float]:
+    """Batch-1 tokens/s floor = bandwidth / weight bytes read per decode step, per format."""
+    return {q: bandwidth / decode_bytes_per_token(swap_linears(load_model(path), q))
+            for q in ("none", "int8", "int4")}
+
+
+def report(speeds: list[Speed], floors: dict[str, float], bandwidth: float, arrival: list[dict],
+           headline: dict, threads: int) -> str:
+    lines = [f"## Engine ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
+             f"Command: `{COMMAND}`; torch {torch.__version__}, {threads} thread(s), "
+             f"{psutil.cpu_count()} cores; prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy; "
+             f"read bandwidth {bandwidth / 1e9:.1f} GB/s (best of 1 and 2 threads).", "",
+             "| configuration | decode tok/s | TTFT ms | peak RSS MiB | % of b1 floor |",
+             "|---|---:|---:|---:|---:|"]
+    for sp in speeds:
+        fmt = sp.name.split()[-2].replace("fp32", "none")  # "... ours int8 b1" -> "int8"
+        pct = f"{100 * sp.decode_tok_s / floors[fmt]:.0f}%" if sp.name.endswith(" b1") else ""
+        lines.append(f"| {sp.name} | {sp.decode_tok_s:.1f} | {sp.ttft_ms:.1f} | "
+                     f"{sp.peak_rss_mib:.0f} | {pct} |")
+    lines += ["", "Batch-1 floors (tok/s): " + ", ".join(f"{q} {v:.0f}" for q, v in floors.items()),
+              "", "Continuous arrival: 64 requests, Poisson over 6 s, prompts 16-128, 8-64 new:",
+              "", "| server | tok/s | TTFT p50 ms | TTFT p90 ms | makespan s |",
+              "|---|---:|---:|---:|---:|"]
+    lines += [f"| {a['name']} | {a['tok_s']:.1f} | {a['ttft_p50_ms']:.0f} | "
+              f"{a['ttft_p90_ms']:.0f} | {a['makespan_s']:.1f} |" for a in arrival]
+    lines += ["", "```json", json.dumps(headline), "```", ""]
+    return "\n".join(lines)
+
+
+def append_docs(text: str) -> None:
+    docs = ROOT / "docs" / "benchmarks.md"
+    docs.parent.mkdir(exist_ok=True)
+    if not docs.exists():
+        docs.write_text("# Benchmarks\n\n")
+    with docs.open("a") as f:
+        f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
