@@ -93,7 +93,7 @@ def start(p: LocalPlan, *, host: str = "127.0.0.1", port: int = 8000,
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
-    ray.init(num_cpus=p.cpus(), include_dashboard=False, namespace=APP_NAME,
+    ray.init(address="local", num_cpus=p.cpus(), include_dashboard=False, namespace=APP_NAME,
              log_to_driver=False, configure_logging=False)
     client = serve_api.serve_start(http_options={"host": host, "port": port})
     client.deploy_apps(ServeDeploySchema(applications=[p.application(env)]), _blocking=False)
@@ -155,8 +155,12 @@ def banner(p: LocalPlan, base_url: str) -> str:
     return "\n".join(lines)
 
 
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
 def serve_forever(files: list[str], state_dir: Path, *, host: str = "127.0.0.1",
-                  port: int = 8000, report: Callable[[str], None] = print) -> None:
+                  port: int = 8000, report: Callable[[str], None] = say) -> None:
     """The `frugalserve serve` command: deploy, print the banner, run until SIGINT/SIGTERM."""
     p = plan(files, state_dir)
     done = threading.Event()
