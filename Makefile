@@ -49,5 +49,6 @@ crds: install
 golden: install
 	FRUGALSERVE_REGEN=1 $(BIN)/pytest -q tests/unit/test_render.py -k golden
 
+# Local mode: a local Ray, the quickstart's models and tenants, an OpenAI-compatible URL.
 demo: install
-	$(BIN)/frugalserve render -f examples/quickstart.yaml
+	$(BIN)/frugalserve serve -f examples/quickstart.yaml --state-dir .frugalserve
