@@ -22,7 +22,7 @@ from frugalserve.serving.config import (
     GatewayUserConfig,
     model_deployment_name,
 )
-from frugalserve.serving.gateway import Gateway
+from frugalserve.serving.gateway import ExpirySweeper, Gateway
 from frugalserve.serving.http import create_app
 from frugalserve.serving.model_server import ModelServer
 
@@ -47,6 +47,8 @@ class GatewayServer:
             open_ledger(self.config.ledger_url),
             reserve=os.environ.get(UNSAFE_CHECK_THEN_CHARGE) != "1",
         )
+        self._sweeper = ExpirySweeper(self.gateway.ledger)
+        self._sweeper.start()
         self._refresher: asyncio.Task[None] | None = None
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -69,6 +71,7 @@ class GatewayServer:
     def __del__(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
+        self._sweeper.stop()
         self.gateway.ledger.close()
 
 

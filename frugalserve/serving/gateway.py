@@ -8,15 +8,17 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from frugalserve.api.models import OnExceeded
 from frugalserve.ledger import BudgetExceeded, Ledger, RateLimited, TenantLimits, Usage
 from frugalserve.ledger import Period as LedgerPeriod
+from frugalserve.ledger.validate import MAX_LEASE_S
 from frugalserve.pricing.live import LiveCost, Prices
 from frugalserve.serving.clients import ModelClient
 from frugalserve.serving.config import GatewayUserConfig, ModelConfig, PriceConfig, TenantConfig
@@ -34,6 +36,55 @@ from frugalserve.serving.protocol import ChatRequest, CompletionRequest
 log = logging.getLogger(__name__)
 
 FREE = PriceConfig(gpu_hour_usd=0.0, gpus_per_replica=0)
+EXPIRE_EVERY_S = 5.0
+"""How often each gateway replica charges the reservations of dead holders (`Ledger.expire`)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """How long a reservation is held before the ledger charges it in full: long enough for the
+    longest generation the request may run, so a live request is never charged as dead.
+
+    `base_s` covers queueing for a batch slot and the prefill; `per_token_s` bounds the decode
+    of every reserved token (prompt + max_tokens) at 2 tokens/s per request, below the slowest
+    configuration we measure (the CPU MoE engine at batch 16 decodes ~5 tokens/s per request,
+    docs/benchmarks.md). A live request outliving its lease is still settled once, in full
+    (the ledger's late settle); a holder that died frees its budget after the lease."""
+
+    base_s: float = 120.0
+    per_token_s: float = 0.5
+
+    def seconds(self, tokens_max: int) -> float:
+        return min(self.base_s + self.per_token_s * tokens_max, MAX_LEASE_S)
+
+
+@dataclass
+class ExpirySweeper:
+    """A daemon thread calling `ledger.expire()` every `every_s` seconds. Expiry is idempotent
+    and atomic in both backends, so every replica may run one against the same ledger."""
+
+    ledger: Ledger
+    every_s: float = EXPIRE_EVERY_S
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="ledger-expiry", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                if n := self.ledger.expire():
+                    log.warning("charged %d reservation(s) of dead holders in full", n)
+            except Exception:
+                log.warning("ledger expiry failed; retrying in %.1fs", self.every_s,
+                            exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -62,14 +113,17 @@ class Gateway:
         *,
         metrics: Metrics | None = None,
         reserve: bool = True,
+        lease: Lease = Lease(),
     ) -> None:
         """`reserve=False` is the unsafe check-then-charge admission, kept only as the negative
-        control of the overshoot test: it admits on a usage check and charges at the end."""
+        control of the overshoot test: it admits on a usage check and charges at the end.
+        The caller runs an `ExpirySweeper` on the same ledger (the Serve deployment does)."""
         self.models = dict(models)
         self.clients = dict(clients)
         self.ledger = ledger
         self.metrics = metrics or Metrics()
         self.reserve = reserve
+        self.lease = lease
         self.tenants: tuple[TenantConfig, ...] = ()
         self.costs = {name: LiveCost(FREE) for name in self.models}
         self._background: set[asyncio.Future[None]] = set()
@@ -181,7 +235,7 @@ class Gateway:
         """Reserve (or, as the negative control, only check), then read the usage."""
         if self.reserve:
             self.ledger.reserve(tenant, rid, cost_max, tokens_max, model=model,
-                                price_version=version)
+                                price_version=version, lease_s=self.lease.seconds(tokens_max))
             return self.ledger.usage(tenant)
         usage = self.ledger.usage(tenant)
         if (usage.remaining_micros is not None and usage.remaining_micros < cost_max) or (
@@ -193,7 +247,10 @@ class Gateway:
     def _charge(self, adm: Admission, prompt: int, completion: int) -> None:
         cost = adm.prices.cost(prompt, completion)
         if self.reserve:
-            self.ledger.settle(adm.request_id, cost, prompt, completion)
+            settled = self.ledger.settle(adm.request_id, cost, prompt, completion)
+            if settled.expired:
+                log.warning("%s outlived its lease: charged its reservation in full (%d µUSD)",
+                            adm.request_id, settled.cost_micros)
             return
         try:
             self.ledger.reserve(adm.tenant, adm.request_id, cost, prompt + completion,
