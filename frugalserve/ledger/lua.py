@@ -2,7 +2,9 @@
 and timed by the server's clock (`TIME`). Loaded by `redis_backend.RedisLedger`.
 
 Keys (prefix P): P..'tenant:'..name (hash), P..'tenants' (set), P..'req:'..id (hash),
-P..'leases' (sorted set of open request ids by expiry), P..'settlements' (stream).
+P..'leases' (sorted set of open request ids by expiry), P..'settlements' (stream),
+P..'totals' (hash of all-time sums: field 'TENANT MODEL prompt|completion|cost'; neither
+names nor models contain spaces).
 Numbers are passed and stored as decimal strings; `istr` avoids Lua's %.14g formatting."""
 
 PRELUDE = r"""
@@ -93,6 +95,10 @@ local function charge(prefix, req_key, id, r, cost, prompt, completion, now, cla
   redis.call('HINCRBY', tkey, 'spent_micros', istr(cost))
   redis.call('HINCRBY', tkey, 'tokens_prompt', istr(prompt))
   redis.call('HINCRBY', tkey, 'tokens_completion', istr(completion))
+  local total = r.tenant .. ' ' .. r.model .. ' '
+  redis.call('HINCRBY', prefix .. 'totals', total .. 'prompt', istr(prompt))
+  redis.call('HINCRBY', prefix .. 'totals', total .. 'completion', istr(completion))
+  redis.call('HINCRBY', prefix .. 'totals', total .. 'cost', istr(cost))
   local state = 'settled'
   if expired == 1 then state = 'expired' end
   local fields = {'request_id', id, 'tenant', r.tenant, 'model', r.model,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from .types import Reservation, Settlement, TenantLimits, Usage
+from .types import Reservation, Settlement, TenantLimits, Totals, Usage
 
 
 class Ledger(Protocol):
@@ -47,6 +47,11 @@ class Ledger(Protocol):
 
     def usage(self, tenant: str) -> Usage:
         """A consistent snapshot of the tenant's current period."""
+        ...
+
+    def totals(self) -> list[Totals]:
+        """Settled tokens and cost per (tenant, model) since the beginning, sorted; updated
+        atomically with each settlement, so they always equal the sum of the records."""
         ...
 
     def tenants(self) -> list[str]:

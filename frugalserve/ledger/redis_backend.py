@@ -19,6 +19,7 @@ from .types import (
     Reservation,
     Settlement,
     TenantLimits,
+    Totals,
     UnknownReservation,
     UnknownTenant,
     Usage,
@@ -55,6 +56,18 @@ def _settlement(f: dict[str, str]) -> Settlement:
         clamped=f["clamped"] == "1",
         expired=f["expired"] == "1",
     )
+
+
+def _totals(flat: dict[str, str]) -> list[Totals]:
+    """The `totals` hash ('TENANT MODEL kind' -> sum) as sorted Totals."""
+    sums: dict[tuple[str, str], dict[str, int]] = {}
+    for field, value in flat.items():
+        tenant, model, kind = field.split(" ")
+        sums.setdefault((tenant, model), {})[kind] = int(value)
+    return [
+        Totals(tenant, model, s["prompt"], s["completion"], s["cost"])
+        for (tenant, model), s in sorted(sums.items())
+    ]
 
 
 def _usage(tenant: str, h: dict[str, str]) -> Usage:
@@ -225,6 +238,10 @@ class RedisLedger:
         if not flat:
             raise UnknownTenant(tenant)
         return _usage(tenant, _pairs(flat))
+
+    def totals(self) -> list[Totals]:
+        flat = cast(dict[bytes, bytes], self._r.hgetall(self._key("totals")))
+        return _totals({_s(k): _s(v) for k, v in flat.items()})
 
     def tenants(self) -> list[str]:
         members = cast(set[bytes], self._r.smembers(self._key("tenants")))

@@ -26,6 +26,7 @@ from .types import (
     Reservation,
     Settlement,
     TenantLimits,
+    Totals,
     UnknownReservation,
     UnknownTenant,
     Usage,
@@ -69,6 +70,24 @@ CREATE TRIGGER IF NOT EXISTS settlements_no_update BEFORE UPDATE ON settlements
   BEGIN SELECT RAISE(ABORT, 'settlements are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS settlements_no_delete BEFORE DELETE ON settlements
   BEGIN SELECT RAISE(ABORT, 'settlements are append-only'); END;
+CREATE TABLE IF NOT EXISTS totals (
+  tenant TEXT NOT NULL, model TEXT NOT NULL,
+  prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+  cost_micros INTEGER NOT NULL,
+  PRIMARY KEY (tenant, model)
+) STRICT;
+CREATE TRIGGER IF NOT EXISTS settlements_totals AFTER INSERT ON settlements
+  BEGIN
+    INSERT INTO totals VALUES (NEW.tenant, NEW.model, NEW.prompt_tokens,
+      NEW.completion_tokens, NEW.cost_micros)
+    ON CONFLICT (tenant, model) DO UPDATE SET
+      prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+      completion_tokens = completion_tokens + excluded.completion_tokens,
+      cost_micros = cost_micros + excluded.cost_micros; END;
+"""
+_BACKFILL_TOTALS = """
+INSERT INTO totals SELECT tenant, model, SUM(prompt_tokens), SUM(completion_tokens),
+  SUM(cost_micros) FROM settlements GROUP BY tenant, model
 """
 
 
@@ -212,8 +231,13 @@ class SQLiteLedger:
         self._conn.execute("PRAGMA synchronous = FULL")
         self._conn.execute("PRAGMA foreign_keys = ON")
         with self._write() as db:
+            had_totals = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals'"
+            ).fetchone()
             for statement in SCHEMA.split(";\n"):
                 db.execute(statement)
+            if not had_totals:  # a ledger file written before totals existed
+                db.execute(_BACKFILL_TOTALS)
 
     def _now_us(self) -> int:
         return round(self._clock() * 1_000_000)
@@ -432,6 +456,11 @@ class SQLiteLedger:
             t = self._load(self._conn, tenant)
         t.roll(now)
         return t.usage()
+
+    def totals(self) -> list[Totals]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM totals ORDER BY tenant, model").fetchall()
+        return [Totals(*r) for r in rows]
 
     def tenants(self) -> list[str]:
         with self._lock:

@@ -83,6 +83,18 @@ class Settlement:
     """The lease ran out before settlement, so the reservation was charged in full."""
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Everything ever settled for one (tenant, model), across all periods: the source of the
+    gateway's token and spend counters, identical on every replica."""
+
+    tenant: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+
+
 class LedgerError(Exception):
     """Base class of every error the ledger raises on purpose."""
 

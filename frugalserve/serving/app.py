@@ -24,6 +24,7 @@ from frugalserve.serving.config import (
 )
 from frugalserve.serving.gateway import ExpirySweeper, Gateway
 from frugalserve.serving.http import create_app
+from frugalserve.serving.metrics import Metrics
 from frugalserve.serving.model_server import ModelServer
 
 log = logging.getLogger("ray.serve")
@@ -41,10 +42,12 @@ class GatewayServer:
 
     def __init__(self, args: dict[str, Any], models: dict[str, DeploymentHandle]) -> None:
         self.config = AppConfig.model_validate(args)
+        ledger = open_ledger(self.config.ledger_url)
         self.gateway = Gateway(
             {m.name: m for m in self.config.models},
             {name: HandleClient(handle) for name, handle in models.items()},
-            open_ledger(self.config.ledger_url),
+            ledger,
+            metrics=Metrics(ledger, replica=serve.get_replica_context().replica_tag),
             reserve=os.environ.get(UNSAFE_CHECK_THEN_CHARGE) != "1",
         )
         self._sweeper = ExpirySweeper(self.gateway.ledger)

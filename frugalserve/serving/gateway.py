@@ -121,7 +121,7 @@ class Gateway:
         self.models = dict(models)
         self.clients = dict(clients)
         self.ledger = ledger
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(ledger)
         self.reserve = reserve
         self.lease = lease
         self.tenants: tuple[TenantConfig, ...] = ()
@@ -297,9 +297,6 @@ class Gateway:
                  start: float, first: float | None, end: float) -> None:
         m = self.metrics
         m.requests.labels(adm.tenant, adm.model, outcome).inc()
-        m.tokens.labels(adm.tenant, adm.model, "prompt").inc(prompt)
-        m.tokens.labels(adm.tenant, adm.model, "completion").inc(completion)
-        m.spend.labels(adm.tenant, adm.model).inc(adm.prices.cost(prompt, completion))
         m.latency.labels(adm.model).observe(end - start)
         if first is not None:
             m.ttft.labels(adm.model).observe(first - start)

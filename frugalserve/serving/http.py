@@ -4,6 +4,7 @@ in `app.Gateway` and directly (ASGI, no Ray) in the fast tests."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -46,7 +47,8 @@ def create_app(gateway: Gateway, max_body_bytes: int = 1 << 20) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        body = await asyncio.to_thread(gateway.metrics.render)  # reads the ledger's totals
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

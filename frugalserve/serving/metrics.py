@@ -1,30 +1,78 @@
 """Prometheus metrics of one gateway replica, in its own registry, served at /metrics.
 
-Counters are per replica (Prometheus sums them); cost and MoE gauges are refreshed by the
-gateway's background loop from `pricing.live` and the model deployments' engine stats.
+/metrics reaches a random gateway replica through the Serve proxy, so two kinds of series:
+
+- billing series, `frugalserve_tokens_total{tenant,model,kind}` and
+  `frugalserve_spend_micro_usd_total{tenant,model}`, are read from the ledger's settlement
+  totals at scrape time (`LedgerTotals`): every replica reports the same exact totals, so
+  `rate()` and the operator's scrapes never jump between replicas. Aggregate them with `max`
+  (or scrape one replica), never `sum` across replicas;
+- every other series is this replica's own (latency, time to first token and tokens/s
+  histograms, in-flight reservations, request, rejection and downgrade counters, cost and MoE
+  gauges) and carries a `replica` label, so series of different replicas never collide;
+  `sum without (replica)` aggregates them.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from frugalserve.ledger import Ledger
 from frugalserve.pricing.live import CostSnapshot
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TPS_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 
-class Metrics:
-    """The gateway's metric families; names are prefixed `frugalserve_`."""
+class LedgerTotals(Collector):
+    """Token and spend counters from `Ledger.totals()`, read at each scrape."""
 
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.tokens = Counter("frugalserve_tokens", "Tokens served.",
-                              ["tenant", "model", "kind"], registry=r)
-        self.spend = Counter("frugalserve_spend_micro_usd", "Charged micro-USD.",
-                             ["tenant", "model"], registry=r)
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        tokens = CounterMetricFamily("frugalserve_tokens", "Tokens charged (ledger totals).",
+                                     labels=["tenant", "model", "kind"])
+        spend = CounterMetricFamily("frugalserve_spend_micro_usd",
+                                    "Charged micro-USD (ledger totals).",
+                                    labels=["tenant", "model"])
+        for t in self.ledger.totals():
+            tokens.add_metric([t.tenant, t.model, "prompt"], t.prompt_tokens)
+            tokens.add_metric([t.tenant, t.model, "completion"], t.completion_tokens)
+            spend.add_metric([t.tenant, t.model], t.cost_micros)
+        yield tokens
+        yield spend
+
+
+class WithReplica(Collector):
+    """Every series of `inner` with a `replica` label added."""
+
+    def __init__(self, inner: CollectorRegistry, replica: str) -> None:
+        self.inner, self.replica = inner, replica
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.inner.collect():
+            family.samples = [s._replace(labels={**s.labels, "replica": self.replica})
+                              for s in family.samples]
+            yield family
+
+
+class Metrics:
+    """The gateway's metric families; names are prefixed `frugalserve_`. `replica` names this
+    gateway replica (the Serve replica id; random by default)."""
+
+    def __init__(self, ledger: Ledger, replica: str | None = None) -> None:
+        self.replica = replica or uuid.uuid4().hex[:8]
+        self.registry = CollectorRegistry()
+        self.registry.register(LedgerTotals(ledger))
+        r = CollectorRegistry()  # this replica's own series, labelled on the way out
+        self.registry.register(WithReplica(r, self.replica))
         self.requests = Counter("frugalserve_requests", "Finished requests.",
                                 ["tenant", "model", "outcome"], registry=r)
         self.rejections = Counter("frugalserve_rejections", "Refused requests.",

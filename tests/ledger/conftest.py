@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from frugalserve.ledger import Ledger
+from frugalserve.ledger import Ledger, Settlement, Totals
 from frugalserve.ledger.localredis import LocalRedis, RedisServerMissing
 from frugalserve.ledger.redis_backend import RedisLedger
 from frugalserve.ledger.sqlite import SQLiteLedger
@@ -99,3 +99,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture
 def ledger(backend: Backend) -> Ledger:
     return backend.ledger
+
+
+def totals_of(records: list[Settlement]) -> list[Totals]:
+    """What `Ledger.totals()` must return: the records summed per (tenant, model), sorted."""
+    sums: dict[tuple[str, str], tuple[int, int, int]] = {}
+    for s in records:
+        p, c, m = sums.get((s.tenant, s.model), (0, 0, 0))
+        sums[(s.tenant, s.model)] = (p + s.prompt_tokens, c + s.completion_tokens,
+                                     m + s.cost_micros)
+    return [Totals(t, model, *v) for (t, model), v in sorted(sums.items())]

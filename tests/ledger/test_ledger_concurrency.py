@@ -10,7 +10,7 @@ import pytest
 from frugalserve.ledger import Period, TenantLimits
 
 from . import procs
-from .conftest import Backend
+from .conftest import Backend, totals_of
 
 pytestmark = pytest.mark.ledger
 
@@ -41,6 +41,7 @@ def test_no_overshoot_across_processes(backend: Backend) -> None:
     assert (u.reserved_micros, u.in_flight) == (0, 0)
     assert len(records) == admitted
     assert u.spent_micros == sum(s.cost_micros for s in records)
+    assert ledger.totals() == totals_of(records)
 
 
 def test_negative_control_check_then_charge_overshoots(backend: Backend) -> None:

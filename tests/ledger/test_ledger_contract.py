@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,7 @@ from frugalserve.ledger import (
     Period,
     RateLimited,
     TenantLimits,
+    Totals,
     UnknownReservation,
     open_ledger,
 )
@@ -217,3 +220,39 @@ def test_sqlite_settlements_are_append_only(tmp_path: pytest.TempPathFactory) ->
     with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.execute("UPDATE settlements SET cost_micros = 0")
     db.close()
+
+
+def test_totals_sum_every_settlement_per_tenant_and_model(backend: Backend) -> None:
+    ledger = backend.ledger
+    for tenant in ("acme", "zeta"):
+        ledger.configure_tenant(tenant, TenantLimits(limit_micros=100_000, period=Period.HOURLY))
+    ledger.reserve("acme", "a", 1_000, 100, model="big", lease_s=1)
+    ledger.reserve("acme", "b", 1_000, 100, model="big")
+    ledger.reserve("acme", "c", 1_000, 100, model="small")
+    ledger.reserve("zeta", "d", 1_000, 100, model="big")
+    ledger.settle("b", 700, 10, 20)
+    ledger.settle("b", 1, 1, 1)  # a repeat counts once
+    ledger.settle("c", 300, 5, 6)
+    ledger.release("d")  # nothing produced: no totals row
+    backend.advance(3_600 * 2)  # a's lease runs out in a later period: totals keep everything
+    assert ledger.expire() == 1
+    assert ledger.totals() == [
+        Totals("acme", "big", 10, 20 + 100, 700 + 1_000),
+        Totals("acme", "small", 5, 6, 300),
+    ]
+    assert ledger.usage("acme").spent_micros == 1_000  # only this period's expiry
+
+
+def test_sqlite_totals_are_backfilled_for_an_older_ledger_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.db")
+    ledger = SQLiteLedger(path)
+    ledger.configure_tenant("acme", TenantLimits())
+    ledger.reserve("acme", "a", 100, 10, model="m")
+    ledger.settle("a", 40, 3, 4)
+    ledger.close()
+    with sqlite3.connect(path) as db:  # the schema before totals existed
+        db.execute("DROP TRIGGER settlements_totals")
+        db.execute("DROP TABLE totals")
+    reopened = SQLiteLedger(path)
+    assert reopened.totals() == [Totals("acme", "m", 3, 4, 40)]
+    reopened.close()

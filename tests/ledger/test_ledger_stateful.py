@@ -21,7 +21,7 @@ from hypothesis.stateful import (
 from frugalserve.ledger import BudgetExceeded, Period, Settlement, TenantLimits, Usage
 from frugalserve.ledger.localredis import LocalRedis
 
-from .conftest import Backend, make_backend
+from .conftest import Backend, make_backend, totals_of
 
 pytestmark = pytest.mark.ledger
 
@@ -153,6 +153,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert u.tokens_prompt == sum(s.prompt_tokens for s in records)
             assert u.tokens_completion == sum(s.completion_tokens for s in records)
         assert len(self.ledger.settlements()) == len(self.settled)
+        assert self.ledger.totals() == totals_of(self.ledger.settlements())
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])

@@ -8,6 +8,9 @@ import asyncio
 import openai
 import pytest
 
+from frugalserve.serving.engine import SamplingParams
+from frugalserve.serving.gateway import Gateway
+from frugalserve.serving.protocol import CompletionRequest
 from tests.unit.serving.conftest import KEYS, Stack, user_config
 
 pytestmark = pytest.mark.unit
@@ -168,8 +171,35 @@ async def test_metrics_and_probes(stack: Stack) -> None:
     text = (await stack.http.get("/metrics")).text
     assert 'frugalserve_tokens_total{kind="completion",model="small",tenant="alice"} 2.0' in text
     assert 'frugalserve_spend_micro_usd_total{model="small",tenant="alice"} 3.0' in text
-    assert 'frugalserve_ready_replicas{model="small"} 2.0' in text
+    replica = stack.gateway.metrics.replica
+    assert f'frugalserve_ready_replicas{{model="small",replica="{replica}"}} 2.0' in text
     assert "frugalserve_time_to_first_token_seconds_bucket" in text
     assert (await stack.http.get("/healthz")).status_code == 200
     assert (await stack.http.get("/readyz")).status_code == 200
 
+
+
+async def test_replicas_sharing_a_ledger_report_identical_billing_counters(
+        stack: Stack) -> None:
+    """Token and spend counters come from the ledger, so whichever gateway replica the proxy
+    picks for a scrape reports the same totals; per-replica series carry a `replica` label."""
+    other = Gateway(stack.gateway.models, stack.gateway.clients, stack.ledger)
+    other.configure(user_config())
+    await stack.openai("alice").completions.create(model="small", prompt="abc", max_tokens=2)
+    adm = await other.admit(other.authenticate("Bearer sk-bob"),
+                            CompletionRequest(model="small", prompt="hi", max_tokens=3))
+    async for _ in other.run(adm, SamplingParams(max_tokens=adm.max_tokens)):
+        pass
+
+    def billing(text: str) -> list[str]:
+        return sorted(line for line in text.splitlines() if line.startswith(
+            ("frugalserve_tokens_total", "frugalserve_spend_micro_usd_total")))
+
+    first = (await stack.http.get("/metrics")).text
+    second = other.metrics.render().decode()
+    assert billing(first) == billing(second)
+    assert 'frugalserve_tokens_total{kind="completion",model="small",tenant="bob"} 3.0' in first
+    for gw, text, tenant in ((stack.gateway, first, "alice"), (other, second, "bob")):
+        assert (f'frugalserve_requests_total{{model="small",outcome="length",'
+                f'replica="{gw.metrics.replica}",tenant="{tenant}"}} 1.0') in text
+    assert stack.gateway.metrics.replica != other.metrics.replica
