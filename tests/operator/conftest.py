@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import os
 import time
@@ -191,32 +192,31 @@ class NotKopfs(Collection["asyncio.Task[Any]"]):
 OperatorFactory = Callable[..., contextlib.AbstractAsyncContextManager[Context]]
 
 
+@contextlib.asynccontextmanager
+async def running(cluster: Cluster, **overrides: Any) -> AsyncIterator[Context]:
+    """The real kopf operator, in this event loop, against cluster, until the block ends."""
+    values: dict[str, Any] = {"cost_interval_s": 3600, "tenant_interval_s": 3600, **overrides}
+    ctx = Context.build(OperatorSettings(**values), api_client(cluster.url))
+    registry = register(ctx)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=cluster.url, insecure=True)
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    ignored = NotKopfs(asyncio.all_tasks())
+    tasks = await kopf.spawn_tasks(registry=registry, clusterwide=True, standalone=True,
+                                   stop_flag=stop, ready_flag=ready)
+    runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=ignored))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield ctx
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 20)
+
+
 @pytest.fixture()
 def operator(cluster: Cluster) -> OperatorFactory:
     """`async with operator(**settings) as ctx:` runs the real kopf operator against cluster."""
-
-    @contextlib.asynccontextmanager
-    async def run(**overrides: Any) -> AsyncIterator[Context]:
-        values: dict[str, Any] = {"cost_interval_s": 3600, "tenant_interval_s": 3600,
-                                  **overrides}
-        ctx = Context.build(OperatorSettings(**values), api_client(cluster.url))
-        registry = register(ctx)
-
-        @kopf.on.login(registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=cluster.url, insecure=True)
-
-        stop, ready = asyncio.Event(), asyncio.Event()
-        ignored = NotKopfs(asyncio.all_tasks())
-        tasks = await kopf.spawn_tasks(registry=registry, clusterwide=True, standalone=True,
-                                       stop_flag=stop, ready_flag=ready)
-        runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=ignored))
-        await asyncio.wait_for(ready.wait(), 10)
-        try:
-            yield ctx
-        finally:
-            stop.set()
-            await asyncio.wait_for(runner, 20)
-
-    return run
-
+    return functools.partial(running, cluster)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import collections
 import copy
 import datetime
+import json
 import uuid
 from typing import Any
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import jsonpointer
@@ -75,24 +77,38 @@ class Emulator(kmock.KubernetesEmulator):
         return str(self.revision)
 
     async def _handle(self, request: kmock.Request) -> Any:
-        if request.resource is not None and request.resource.plural and request.action:
-            if request.headers.get("User-Agent") != TEST_AGENT:
-                name = request.resource.plural + (f"/{request.subresource}"
-                                                  if request.subresource else "")
-                self.verbs.add((request.resource.group, name, VERBS[request.action.name]))
-                if request.action.name in WRITES:
-                    self.writes.append((request.method.value, str(request.url.path)))
-            if request.action.name in WRITES:
-                async with self._lock:
-                    await getattr(self, f"_do_{request.action.name.lower()}")(request)
-        # Serve from the state, skipping the parent's own (simplistic) state changes.
-        response = await kmock.KubernetesScaffold._handle(self, request)
-        if request.action is not None and request.action.name == "CREATE" and \
-                response.status == 200 and not response.prepared:
-            response.set_status(201)  # as the API server answers a POST
+        resource, action = request.resource, request.action
+        if resource is None or not resource.plural or action is None:
+            return await kmock.KubernetesScaffold._handle(self, request)  # discovery
+        if request.headers.get("User-Agent") != TEST_AGENT:
+            name = resource.plural + (f"/{request.subresource}" if request.subresource else "")
+            self.verbs.add((resource.group, name, VERBS[action.name]))
+            if action.name in WRITES:
+                self.writes.append((request.method.value, str(request.url.path)))
+        # Served here, not by kmock's generic router: it rescans every past request for each
+        # new one, which makes hundreds of objects quadratic.
+        if action.name in WRITES:
+            async with self._lock:
+                obj = await getattr(self, f"_do_{action.name.lower()}")(request)
+            return aiohttp.web.json_response(obj, status=201 if action.name == "CREATE" else 200)
+        if action.name == "WATCH":
+            return await self._stream(request)
+        if action.name == "LIST":
+            return aiohttp.web.json_response(await self._serve_list(request))
+        key = (resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        return aiohttp.web.json_response(self.objects[key].raw)
+
+    async def _stream(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        async for event in self._serve_watch(request):
+            if event != b"":
+                await response.write(json.dumps(event).encode() + b"\n")
         return response
 
-    async def _do_create(self, request: kmock.Request) -> None:
+    async def _do_create(self, request: kmock.Request) -> dict[str, Any]:
         obj, resource = request.data, request.resource
         meta = obj.setdefault("metadata", {})
         if "name" not in meta and "generateName" in meta:
@@ -113,8 +129,9 @@ class Emulator(kmock.KubernetesEmulator):
         else:
             self.objects[key] = obj
         await self._emit(resource, "ADDED", obj)
+        return dict(obj)
 
-    async def _do_update(self, request: kmock.Request) -> None:
+    async def _do_update(self, request: kmock.Request) -> dict[str, Any]:
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects or self.objects[key].deleted:
             raise kmock.KubernetesObjectNotFoundError()
@@ -132,7 +149,7 @@ class Emulator(kmock.KubernetesEmulator):
             if field in current["metadata"]:
                 new["metadata"][field] = current["metadata"][field]
         if new == current:
-            return  # a no-op patch: no new version, no event (as the API server does)
+            return current  # a no-op patch: no new version, no event (as the API server does)
         essence = ("metadata", "status")
         if {k: v for k, v in new.items() if k not in essence} != \
                 {k: v for k, v in current.items() if k not in essence}:
@@ -143,6 +160,7 @@ class Emulator(kmock.KubernetesEmulator):
         meta = new["metadata"]
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             await self._remove(key)
+        return new
 
     def _patched(self, current: dict[str, Any], data: Any) -> dict[str, Any]:
         """A merge patch (with optimistic concurrency on metadata.resourceVersion) or a
@@ -159,7 +177,7 @@ class Emulator(kmock.KubernetesEmulator):
                                         message="the object has been modified")
         return dict(dicts.merge_patch_dict(current, data))
 
-    async def _do_delete(self, request: kmock.Request) -> None:
+    async def _do_delete(self, request: kmock.Request) -> dict[str, Any]:
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects or self.objects[key].deleted:
             raise kmock.KubernetesObjectNotFoundError()
@@ -172,10 +190,10 @@ class Emulator(kmock.KubernetesEmulator):
                 new["metadata"]["resourceVersion"] = self._next()
                 self.objects[key].history.append(new)
                 await self._emit(request.resource, "MODIFIED", new)
-            return
-        await self._remove(key)
+            return dict(self.objects[key].raw)
+        return await self._remove(key)
 
-    async def _remove(self, key: Any) -> None:
+    async def _remove(self, key: Any) -> dict[str, Any]:
         """Delete an object (DELETED event), then the objects it owns (garbage collection)."""
         obj = copy.deepcopy(self.objects[key].raw)
         obj["metadata"]["resourceVersion"] = self._next()
@@ -187,6 +205,7 @@ class Emulator(kmock.KubernetesEmulator):
             owners = [] if child.deleted else child["metadata"].get("ownerReferences") or []
             if any(ref.get("uid") == uid for ref in owners):
                 await self._remove(other)
+        return obj
 
     def _selected(self, request: kmock.Request, obj: dict[str, Any]) -> bool:
         meta = obj.get("metadata") or {}
