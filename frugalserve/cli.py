@@ -1,6 +1,6 @@
 """The `frugalserve` command: `crds`, `validate`, `render` (cluster-free views of what the
-operator would do) and the subcommands of local mode. Each subcommand is a thin function over
-the library; errors go to stderr with exit code 1."""
+operator would do), `operator` (runs it) and the subcommands of local mode. Each subcommand is
+a thin function over the library; errors go to stderr with exit code 1."""
 
 from __future__ import annotations
 
