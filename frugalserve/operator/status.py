@@ -13,7 +13,6 @@ from frugalserve.operator.render import SERVE_PORT
 from frugalserve.pricing.cost import MICROS_PER_USD, ReplicaBounds, hourly_cost_usd
 
 BAD_APP_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
-RS_CONDITIONS = ("Degraded", "Progressing", "Ready")
 
 
 def endpoint(name: str, namespace: str) -> str:
