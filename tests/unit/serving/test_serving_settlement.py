@@ -5,6 +5,7 @@ concurrent requests never overspend — unless reservations are switched off (ne
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -81,3 +82,39 @@ async def test_concurrent_burst_never_overspends(ledger: Ledger, reserve: bool) 
         assert served == spent <= budget
     else:  # negative control: check-then-charge admits far more than the budget pays for
         assert served > 2 * budget
+
+
+async def test_books_balance_at_every_instant_of_an_over_budget_burst(ledger: Ledger) -> None:
+    """Regression test of a flake once seen in the 429 test: a thread snapshots the tenant's
+    usage as fast as it can while 60 concurrent requests (room for 52) reserve, stream and
+    settle; spent + reserved never exceeds the limit in any snapshot."""
+    gw = gateway(ledger, FakeEngine("big", step_s=0.0005), limit_micros=100_000)
+    alice = gw.authenticate("Bearer sk-alice")
+    worst, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal worst
+        while not done.is_set():
+            u = ledger.usage("alice")
+            worst = max(worst, u.spent_micros + u.reserved_micros)
+
+    async def one() -> int:
+        try:
+            adm = await gw.admit(alice, CompletionRequest(model="big", prompt="p",
+                                                          max_tokens=190))
+        except BudgetExceeded:
+            return 0
+        async for _ in gw.run(adm, SamplingParams(max_tokens=adm.max_tokens)):
+            pass
+        return 1
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        admitted = sum(await asyncio.gather(*(one() for _ in range(60))))
+    finally:
+        done.set()
+        sampler.join()
+    assert admitted == 100_000 // 1901 == 52  # cost_max = 1 + 190 x 10 micro-USD
+    assert worst <= 100_000
+    assert ledger.usage("alice").spent_micros == 52 * 1901
