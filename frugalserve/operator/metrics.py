@@ -15,7 +15,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 TOKENS_METRIC = "frugalserve_tokens_total"
-"""Counter of tokens (prompt and completion) served by the gateway."""
+"""Counter of tokens charged, labelled tenant, model and kind (prompt | completion): the
+gateway's ledger totals (frugalserve/serving/metrics.py)."""
 MODEL_LABEL = "model"
 """Label of TOKENS_METRIC naming the ModelDeployment."""
 NAMESPACE_LABEL = "namespace"
@@ -36,8 +37,12 @@ class TokenRates(Protocol):
 
 
 def prometheus_query(window_s: int) -> str:
-    """The PromQL for every model's token rate over the trailing window."""
-    return f"sum by ({NAMESPACE_LABEL}, {MODEL_LABEL}) (rate({TOKENS_METRIC}[{window_s}s]))"
+    """The PromQL for every model's token rate over the trailing window. Every gateway replica
+    reports the same ledger totals (serving/metrics.py), so duplicates across scrape targets
+    are collapsed with max before tenants and kinds are summed."""
+    per_series = f"{NAMESPACE_LABEL}, {MODEL_LABEL}, tenant, kind"
+    rate = f"rate({TOKENS_METRIC}[{window_s}s])"
+    return f"sum by ({NAMESPACE_LABEL}, {MODEL_LABEL}) (max by ({per_series}) ({rate}))"
 
 
 class PrometheusRates:

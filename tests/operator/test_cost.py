@@ -98,15 +98,18 @@ async def test_scrape_path_against_a_live_metrics_endpoint(
 
 @pytest.fixture()
 def tokens() -> Iterator[int]:
-    """A /metrics endpoint whose token counter grows 500 per second, from a thread."""
+    """A /metrics endpoint shaped like the gateway's (tenant, model, kind) whose alpha tokens
+    grow 500 per second, from a thread."""
     registry = CollectorRegistry()
-    counter = Counter(TOKENS_METRIC.removesuffix("_total"), "tokens", ["model"],
-                      registry=registry)
+    counter = Counter(TOKENS_METRIC.removesuffix("_total"), "tokens",
+                      ["tenant", "model", "kind"], registry=registry)
     stop = threading.Event()
 
     def feed() -> None:
         while not stop.wait(0.05):
-            counter.labels(model="alpha").inc(25)
+            counter.labels(tenant="a", model="alpha", kind="prompt").inc(10)
+            counter.labels(tenant="b", model="alpha", kind="completion").inc(15)
+            counter.labels(tenant="a", model="other", kind="prompt").inc(99)
 
     feeder = threading.Thread(target=feed)
     feeder.start()
@@ -120,15 +123,16 @@ def tokens() -> Iterator[int]:
 
 @pytest.fixture()
 def prometheus(tokens: int, tmp_path: Path) -> Iterator[str]:
-    """A real Prometheus scraping the endpoint every 0.5 s, labelled as namespace default."""
+    """A real Prometheus scraping the endpoint every 0.5 s as namespace default, twice (as two
+    gateway replicas reporting the same ledger totals would be): summing would double it."""
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 500ms, evaluation_interval: 500ms}\n"
-        "scrape_configs:\n"
-        "  - job_name: gateway\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{tokens}'], "
-        "labels: {namespace: default}}]\n")
+        "scrape_configs:\n" + "".join(
+            f"  - job_name: gateway-{replica}\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{tokens}'], "
+            "labels: {namespace: default}}]\n" for replica in (1, 2)))
     process = subprocess.Popen(
         [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'db'}",
          f"--web.listen-address=127.0.0.1:{port}"],
