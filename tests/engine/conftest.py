@@ -11,6 +11,7 @@ import torch
 from frugalserve.serving.engine.checkpoint import load_model, write_checkpoint
 from frugalserve.serving.engine.decode import decode_step, prefill
 from frugalserve.serving.engine.model import ModelArgs, Transformer
+from frugalserve.serving.engine.quantize import swap_linears
 
 PROMPTS = [[1, 17, 42, 99, 5], [1, 300], [1, *range(100, 160)], [1, 7, 7, 7, 7, 7, 7, 7, 7, 250]]
 
@@ -26,8 +27,13 @@ def moe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             seed=1)
 
 
-def load_ours(path: Path, max_batch: int = 4, max_seq: int = 256) -> Transformer:
+def load_ours(path: Path, max_batch: int = 4, max_seq: int = 256,
+              layout: int | None = None) -> Transformer:
+    """Our model with nn.Linear weights, or with the fp inference layout an engine of
+    `layout` slots uses (1: pre-transposed, more: oneDNN-packed)."""
     model = load_model(path, torch.float32)
+    if layout is not None:
+        swap_linears(model, "none", max_batch=layout)
     model.setup_cache(max_batch, max_seq)
     return model
 

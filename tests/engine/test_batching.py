@@ -44,12 +44,13 @@ def tokens(deltas: list[TokenDelta]) -> list[int]:
     return [t for d in deltas for t in d.token_ids]
 
 
+@pytest.mark.parametrize("layout", [None, 16], ids=["linear", "packed"])
 @pytest.mark.parametrize("kind", ["dense_dir", "moe_dir"])
 @pytest.mark.parametrize("params", [{}, {"temperature": 0.9, "top_p": 0.9, "seed": 3}])
-def test_staggered_batch_equals_solo(kind: str, params: dict,
+def test_staggered_batch_equals_solo(kind: str, params: dict, layout: int | None,
                                      request: pytest.FixtureRequest) -> None:
     """5 requests in 4 slots (one waits for a free slot), joining at steps 0, 3, 5 and 9."""
-    model = load_ours(request.getfixturevalue(kind))
+    model = load_ours(request.getfixturevalue(kind), layout=layout)
     batched = run(model, ARRIVALS, params)
     for i, arrival in enumerate(ARRIVALS):
         solo = run(model, [(0, *arrival[1:])], params)["r0"]

@@ -24,10 +24,12 @@ def hf_model(path: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
+@pytest.mark.parametrize("layout", [None, 1, 16], ids=["linear", "transposed", "packed"])
 @pytest.mark.parametrize("kind", ["dense_dir", "moe_dir"])
-def test_greedy_tokens_equal_transformers(kind: str, request: pytest.FixtureRequest) -> None:
+def test_greedy_tokens_equal_transformers(kind: str, layout: int | None,
+                                          request: pytest.FixtureRequest) -> None:
     path = request.getfixturevalue(kind)
-    ours, ref = load_ours(path), hf_model(path)
+    ours, ref = load_ours(path, layout=layout), hf_model(path)
     for prompt in PROMPTS:
         assert greedy(ours, prompt, N_NEW) == hf_greedy(ref, prompt, N_NEW), prompt
 
@@ -55,9 +57,10 @@ def test_mixtral_fused_expert_naming_loads_the_same(moe_dir: Path, tmp_path: Pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_step_decode_logits_equal_full_forward(dense_dir: Path) -> None:
+@pytest.mark.parametrize("layout", [None, 1, 16], ids=["linear", "transposed", "packed"])
+def test_step_decode_logits_equal_full_forward(dense_dir: Path, layout: int | None) -> None:
     """Tolerance: 1e-4 absolute on logits of unit scale (fp32 reordering only)."""
-    model = load_ours(dense_dir)
+    model = load_ours(dense_dir, layout=layout)
     seq = PROMPTS[2][:40]
     full = model(torch.tensor([seq]), Batch.make([1], torch.arange(len(seq))[None]))[0]  # [T, V]
     steps = [prefill(model, seq[:1], 0)]

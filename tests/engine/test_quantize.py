@@ -16,6 +16,7 @@ from frugalserve.serving.engine.model import Batch, Transformer
 from frugalserve.serving.engine.quantize import (
     Int4Linear,
     Int8Linear,
+    PackedLinear,
     Quantization,
     TransposedLinear,
     swap_linears,
@@ -87,3 +88,11 @@ def test_memory_saved(dense_dir: Path, quantization: str, cls: type, max_ratio: 
 def test_int4_rejects_bad_group_size(dense_dir: Path) -> None:
     with pytest.raises(ValueError, match="group_size"):
         swap_linears(load_model(dense_dir), "int4", group_size=48)
+
+
+def test_multi_slot_engines_get_the_packed_layout(dense_dir: Path) -> None:
+    one = swap_linears(load_model(dense_dir), "none", max_batch=1)
+    many = swap_linears(load_model(dense_dir), "none", max_batch=16)
+    assert all(not isinstance(m, PackedLinear) for m in one.modules())
+    assert isinstance(many.get_submodule("layers.0.attention.wqkv"), PackedLinear)
+    assert weight_bytes(one) == weight_bytes(many)

@@ -73,7 +73,7 @@ class Engine:
         if tokenizer.vocab_size > model.args.vocab_size:
             raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, the model "
                              f"only {model.args.vocab_size}")
-        swap_linears(model, quantization)
+        swap_linears(model, quantization, max_batch=max_batch_size)
         mib = weight_bytes(model) / 2**20
         report(f"weights ready: {mib:.1f} MiB ({Quantization(quantization).value})")
         context = min(max_context_tokens or model.args.max_seq_len, model.args.max_seq_len)

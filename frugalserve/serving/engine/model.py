@@ -155,12 +155,11 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 batch: Batch, length: int) -> Tensor:
         B, T, _ = x.shape
-        kv_size = self.n_kv_heads * self.head_dim
-        q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, kv_size, kv_size], dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B,T,H*Dh] -> [B,H,T,Dh]
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # -> [B, Hkv, T, Dh]
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # -> [B, Hkv, T, Dh]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
+        qk, v = self.wqkv(x).split([(H + Hkv) * Dh, Hkv * Dh], dim=-1)
+        qk = apply_rope(qk.view(B, T, H + Hkv, Dh).transpose(1, 2), cos, sin)  # [B, H+Hkv, T, Dh]
+        q, k = qk.split([H, Hkv], dim=1)  # one rotation for queries and keys together
+        v = v.view(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
         assert self.kv_cache is not None, "call Transformer.setup_cache first"
         keys, values = self.kv_cache.update(batch, k, v, length)  # [B, Hkv, L, Dh]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)

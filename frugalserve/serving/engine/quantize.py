@@ -1,4 +1,4 @@
-"""Inference weight layouts chosen by an explicit enum: fp (pre-transposed), int8, int4.
+"""Inference weight layouts chosen by an explicit enum: fp (oneDNN-packed), int8, int4.
 
 `swap_linears` replaces every `nn.Linear` of a loaded model (except MoE routers) in place;
 the loader calls it once after the weights are in.
@@ -83,25 +83,53 @@ class Int4Linear(nn.Module):
         return y.to(x.dtype).view(*shape[:-1], -1)  # [N, out] -> [..., out]
 
 
-def _make(linear: nn.Linear, quantization: Quantization, group_size: int) -> nn.Module:
+class PackedLinear(nn.Module):
+    """y = x @ W^T with W reordered once into oneDNN's blocked layout (fp32 or bf16).
+
+    On this AMD CPU torch's fp32 `mm` goes to MKL without AVX-512; oneDNN uses it. Packed for
+    16 rows, a batch-16 decode step runs ~1.7x faster than with the transposed layout; at one
+    row the call overhead (~15 us) and a slower GEMV make it ~20% slower, so engines with a
+    single slot keep `TransposedLinear`. The math is the same fp32 (or bf16) product.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach()  # [out, in]
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [None], "")
+
+
+PACK_ROWS = 16  # the batch size oneDNN's weight layout is tuned for
+
+
+def _make(linear: nn.Linear, quantization: Quantization, group_size: int,
+          max_batch: int) -> nn.Module:
     if quantization is Quantization.INT8:
         return Int8Linear(linear)
     if quantization is Quantization.INT4:
         return Int4Linear(linear, group_size)
-    return TransposedLinear(linear)
+    packable = torch.backends.mkldnn.is_available() and linear.weight.dtype in (
+        torch.float32, torch.bfloat16)
+    return PackedLinear(linear) if packable and max_batch > 1 else TransposedLinear(linear)
 
 
-def swap_linears(model: nn.Module, quantization: Quantization | str,
-                 group_size: int = 32) -> nn.Module:
-    """Replace each nn.Linear (routers named `gate` stay exact) by the chosen inference layout."""
+def swap_linears(model: nn.Module, quantization: Quantization | str, group_size: int = 32,
+                 max_batch: int = 1) -> nn.Module:
+    """Replace each nn.Linear (routers named `gate` stay exact) by the chosen inference layout.
+
+    Unquantized weights are laid out for the batch the engine runs: pre-transposed for one
+    slot (memory-bound GEMV), oneDNN-packed for several (compute-bound GEMM)."""
     quantization = Quantization(quantization)
     if group_size not in (32, 64):
         raise ValueError(f"int4 group_size must be 32 or 64, got {group_size}")
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear) and name != "gate":
-            setattr(model, name, _make(child, quantization, group_size))
+            setattr(model, name, _make(child, quantization, group_size, max_batch))
         else:
-            swap_linears(child, quantization, group_size)
+            swap_linears(child, quantization, group_size, max_batch)
     return model
 
 
