@@ -283,16 +283,20 @@ class ModelDeploymentSpec(Spec):
         return self
 
 
+class Observed(BaseModel):
+    """Base of status models: written by the operator, read leniently (unknown keys ignored)."""
+
+    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
+
+
 class ConditionStatus(StrEnum):
     TRUE = "True"
     FALSE = "False"
     UNKNOWN = "Unknown"
 
 
-class Condition(Spec):
+class Condition(Observed):
     """A Kubernetes-style status condition."""
-
-    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
 
     type: str = Field(description="Ready, Progressing, Degraded, Valid or CostCapped.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
@@ -302,17 +306,13 @@ class Condition(Spec):
     observed_generation: int | None = Field(default=None, description="Generation it reflects.")
 
 
-class ReplicaStatus(Spec):
-    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
-
+class ReplicaStatus(Observed):
     desired: int = Field(default=0, description="Replicas the autoscaler wants.")
     ready: int = Field(default=0, description="Replicas serving.")
 
 
-class ModelDeploymentStatus(Spec):
+class ModelDeploymentStatus(Observed):
     """What the operator observed; written by the operator only."""
-
-    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
 
     conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
     observed_generation: int | None = Field(default=None, description="Last reconciled generation.")
@@ -425,17 +425,13 @@ class TenantState(StrEnum):
     EXHAUSTED = "Exhausted"
 
 
-class TokensUsed(Spec):
-    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
-
+class TokensUsed(Observed):
     prompt: int = Field(default=0, description="Prompt tokens this period.")
     completion: int = Field(default=0, description="Completion tokens this period.")
 
 
-class TenantStatus(Spec):
+class TenantStatus(Observed):
     """The ledger's view of the tenant, copied by the operator every few seconds."""
-
-    model_config = ConfigDict(alias_generator=camel_alias, populate_by_name=True, extra="ignore")
 
     spent_usd: float | None = Field(default=None, description="Spent this period, USD.")
     tokens_used: TokensUsed | None = Field(default=None, description="Tokens this period.")
