@@ -51,11 +51,14 @@ class LocalPlan:
             entry["runtime_env"] = {"env_vars": env}
         return entry
 
+    def cpus_needed(self) -> float:
+        """Logical CPUs that every replica of the application asks for."""
+        return self.app.gateway_replicas * GATEWAY_CPUS + sum(
+            m.num_cpus * max(m.autoscaling.max_replicas, 1) for m in self.app.models)
+
     def cpus(self) -> int:
         """Logical CPUs for the local Ray: every replica placed even on a small machine."""
-        need = self.app.gateway_replicas * GATEWAY_CPUS + sum(
-            m.num_cpus * max(m.autoscaling.max_replicas, 1) for m in self.app.models)
-        return max(math.ceil(need), os.cpu_count() or 1)
+        return max(math.ceil(self.cpus_needed()), os.cpu_count() or 1)
 
 
 def plan(files: list[str], state_dir: Path, *, gateway_replicas: int = 1) -> LocalPlan:
@@ -87,28 +90,30 @@ def plan(files: list[str], state_dir: Path, *, gateway_replicas: int = 1) -> Loc
 
 def start(p: LocalPlan, *, host: str = "127.0.0.1", port: int = 8000,
           env: dict[str, str] | None = None, report: Callable[[str], None] = print,
-          timeout_s: float = 600.0) -> str:
-    """Start a local Ray and Serve, deploy the application, wait until it runs; the base URL."""
+          timeout_s: float = 600.0, extra_cpus: int = 0) -> str:
+    """Start a local Ray and Serve, deploy the application, wait until it runs; the base URL.
+    `extra_cpus` leaves logical CPUs for applications deployed beside it (tests)."""
     import ray
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
-    ray.init(address="local", num_cpus=p.cpus(), include_dashboard=False, namespace=APP_NAME,
-             log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=p.cpus() + extra_cpus, include_dashboard=False,
+             namespace=APP_NAME, log_to_driver=False, configure_logging=False)
     client = serve_api.serve_start(http_options={"host": host, "port": port})
     client.deploy_apps(ServeDeploySchema(applications=[p.application(env)]), _blocking=False)
     wait_running(report, timeout_s)
     return f"http://{host}:{port}/v1"
 
 
-def wait_running(report: Callable[[str], None], timeout_s: float) -> None:
-    """Report each deployment's state as it changes until the application runs."""
+def wait_running(report: Callable[[str], None], timeout_s: float,
+                 app_name: str = APP_NAME) -> None:
+    """Report each deployment's state as it changes until the application `app_name` runs."""
     from ray import serve
 
     seen: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        app = serve.status().applications.get(APP_NAME)
+        app = serve.status().applications.get(app_name)
         if app is not None:
             for name, d in sorted(app.deployments.items()):
                 what = "loading weights" if name != GATEWAY_DEPLOYMENT else "starting"

@@ -5,6 +5,7 @@ across 2 gateway and 2 model replicas sharing one ledger."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 
@@ -135,23 +136,41 @@ async def test_disconnect_mid_stream_is_charged_what_was_received(served: Served
     assert 5 <= charged < 480, charged
 
 
-async def test_burst_of_200_streams_never_overspends(served: Served) -> None:
+async def burst(target: Served, n: int = 200) -> tuple[int, int]:
+    """n concurrent streams of 20 + 20 tokens from the burst tenant: (requests served,
+    micro-USD of what they were served at dense's prices, from their usage chunks)."""
     body = {"model": "dense", "max_tokens": 20, "stream": True,
             "prompt": "p" * 20, "stream_options": {"include_usage": True}}
-    headers = {"Authorization": f"Bearer {served.plan.keys['burst']}"}
+    headers = {"Authorization": f"Bearer {target.plan.keys['burst']}"}
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=served.base_url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=target.base_url, timeout=120, limits=limits) as http:
 
         async def one() -> int:
             async with http.stream("POST", "/completions", json=body, headers=headers) as r:
                 if r.status_code == 429:
-                    return 0
+                    return -1
                 assert r.status_code == 200
-                return len([1 async for line in r.aiter_lines() if '"usage":{' in line])
+                usage = [json.loads(line[6:])["usage"] async for line in r.aiter_lines()
+                         if '"usage":{' in line]
+                return usage[0]["prompt_tokens"] + 10 * usage[0]["completion_tokens"]
 
-        served_ok = sum(await asyncio.gather(*(one() for _ in range(200))))
+        costs = [c for c in await asyncio.gather(*(one() for _ in range(n))) if c >= 0]
+    return len(costs), sum(costs)
+
+
+async def test_burst_of_200_streams_never_overspends(served: Served) -> None:
+    served_ok, served_micros = await burst(served)
     usage = await asyncio.to_thread(settled_usage, served, "burst")
     assert usage.limit_micros is not None
-    assert usage.spent_micros <= usage.limit_micros
+    assert served_micros == usage.spent_micros <= usage.limit_micros
     assert 10 <= served_ok <= 200
     assert len(served.ledger.settlements("burst")) == served_ok
+
+
+async def test_negative_control_check_then_charge_overspends(unsafe: Served) -> None:
+    """The same burst against gateways that only check usage before running (no reservation):
+    the requests in flight all pass the check, and far more is served than the budget pays for."""
+    _, served_micros = await burst(unsafe)
+    limit = (await asyncio.to_thread(settled_usage, unsafe, "burst")).limit_micros
+    assert limit is not None
+    assert served_micros > 2 * limit
