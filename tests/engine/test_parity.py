@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from frugalserve.serving.engine.decode import decode_step, prefill
-from frugalserve.serving.engine.model import Batch
+from frugalserve.serving.engine.model import Batch, RMSNorm
 
 from .conftest import PROMPTS, greedy, hf_greedy, load_ours
 
@@ -80,3 +80,13 @@ def test_a_perturbed_checkpoint_is_caught(dense_dir: Path, tmp_path: Path) -> No
     ref = hf_model(dense_dir)
     changed = load_ours(tmp_path)
     assert any(greedy(changed, p, N_NEW) != hf_greedy(ref, p, N_NEW) for p in PROMPTS)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 128), (16, 1, 128), (1, 40, 128)])
+def test_fused_rms_norm_is_bit_identical_to_the_formula(shape: tuple[int, ...]) -> None:
+    """RMSNorm's fp32 fast path (F.rms_norm) against transformers' LlamaRMSNorm formula."""
+    norm = RMSNorm(128, 1e-5)
+    norm.weight.data = 1 + 0.1 * torch.randn(128, generator=torch.Generator().manual_seed(0))
+    x = 5 * torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    expected = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    assert torch.equal(norm(x), expected)

@@ -85,6 +85,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:  # one fused kernel, bit-identical to the formula below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -198,13 +200,19 @@ class MoeFeedForward(nn.Module):
         probs = F.softmax(self.gate(flat).float(), dim=-1)  # [N, E]
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [N, K]: softmax over the chosen
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        order = torch.argsort(chosen.flatten(), stable=True)  # [N*K] assignments by expert
         counts = torch.bincount(chosen.flatten(), minlength=len(self.experts))  # [E]
         self.routed_tokens += counts
+        token_idx = order // self.top_k  # [N*K] token of each sorted assignment
+        sorted_weights = weights.flatten()[order, None]  # [N*K, 1]
         out = torch.zeros_like(flat)
-        for e in counts.nonzero().flatten().tolist():
-            token_idx, k_idx = torch.where(chosen == e)
-            y = self.experts[e](flat[token_idx]) * weights[token_idx, k_idx, None]
-            out.index_add_(0, token_idx, y)
+        start = 0
+        for e, n in enumerate(counts.tolist()):  # one matmul chain per expert that got tokens
+            if n:
+                rows = token_idx[start:start + n]
+                y = self.experts[e](flat[rows]) * sorted_weights[start:start + n]  # [n, D]
+                out.index_add_(0, rows, y)  # in expert order, like transformers' Mixtral
+                start += n
         return out.view(B, T, D)  # [N, D] -> [B, T, D]
 
 
