@@ -3,10 +3,11 @@
 Run: `python bench/engine.py` (about 3-5 minutes on 2 cores). Prints a table, appends a section
 to docs/benchmarks.md, and prints one JSON object with the headline ratios as the last line.
 
-Threads: every measurement (ours and transformers) runs with `torch.set_num_threads(THREADS)`,
-1 by default (`--threads N`): on this 2-core machine batch-1 decode is as fast on one thread, and
-the second core is left to the server's own threads (the engine's default is all cores but one).
-Each speed is the best of `--repeats` alternating runs, since other load only slows a run down.
+Threads are set per configuration, identically for ours and transformers: batch 1 and the
+continuous-arrival workload on `--threads` (1: memory-bound decode is as fast on one thread, and
+it is the engine's default on 2 cores), batch 16 on `--batched-threads` (2: compute-bound).
+Each speed is the best of `--repeats` alternating runs, since other load only slows a run down;
+the load average is printed with the results, since other processes depress every figure.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import random
 import statistics
 import sys
@@ -79,17 +81,21 @@ def checkpoint(name: str, cache: Path) -> Path:
     return path
 
 
-def memory_bandwidth() -> float:
-    """Best read bandwidth (bytes/s) over 256 MiB, with 1 and 2 threads: the floor's divisor."""
+def memory_bandwidth(runs: int = 9) -> float:
+    """Read bandwidth (bytes/s), the floor's divisor: the median of `runs` sums of a 256 MiB
+    tensor (far beyond the caches) on 1 and on 2 threads, whichever is higher."""
     x = torch.ones(64 * 2**20)
-    best = 0.0
+    medians = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        for _ in range(7):
+        x.sum()  # warm-up
+        times = []
+        for _ in range(runs):
             t = time.perf_counter()
             x.sum()
-            best = max(best, x.numel() * 4 / (time.perf_counter() - t))
-    return best
+            times.append(time.perf_counter() - t)
+        medians.append(x.numel() * 4 / statistics.median(times))
+    return max(medians)
 
 
 def prompts(batch: int, seed: int = 0) -> list[list[int]]:
@@ -138,9 +144,10 @@ def hf_speed(model: torch.nn.Module, batch: list[list[int]]) -> tuple[float, flo
 # ---------------------------------------------------------------- ours
 
 
-async def our_speed(engine: Engine, batch: list[list[int]]) -> tuple[float, float]:
+async def our_speed(engine: Engine, batch: list[list[int]],
+                    new_tokens: int = NEW_TOKENS) -> tuple[float, float]:
     """(decode tokens/s, mean time to first token in s) of `batch` concurrent requests."""
-    params = SamplingParams(max_tokens=NEW_TOKENS)
+    params = SamplingParams(max_tokens=new_tokens)
     t0 = time.perf_counter()
     firsts: list[float] = []
 
@@ -151,7 +158,7 @@ async def our_speed(engine: Engine, batch: list[list[int]]) -> tuple[float, floa
 
     await asyncio.gather(*(one(p) for p in batch))
     end = time.perf_counter()
-    return len(batch) * (NEW_TOKENS - 1) / (end - max(firsts)), statistics.mean(firsts) - t0
+    return len(batch) * (new_tokens - 1) / (end - max(firsts)), statistics.mean(firsts) - t0
 
 
 def compare(label: str, path: Path, batch_size: int, quantizations: list[str], repeats: int,
@@ -171,7 +178,7 @@ def compare(label: str, path: Path, batch_size: int, quantizations: list[str], r
             engines[q] = Engine.from_source(f"file://{path}", quantization=q,
                                             max_batch_size=batch_size, num_threads=threads,
                                             max_context_tokens=PROMPT_LEN + NEW_TOKENS)
-            asyncio.run(our_speed(engines[q], batch[:1]))  # warm-up
+            asyncio.run(our_speed(engines[q], batch, new_tokens=4))  # warm-up, like hf's
         rss[q] = peak.mib
     for _ in range(repeats):
         results.setdefault("hf", []).append(hf_speed(hf, batch))
@@ -259,18 +266,22 @@ def arrival_bench(path: Path, threads: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="batch 1 and arrival")
+    parser.add_argument("--batched-threads", type=int, default=2, help="batch 16")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/frugalserve/bench")
     opts = parser.parse_args()
     dense, moe = checkpoint("bench-dense", opts.cache), checkpoint("bench-moe", opts.cache)
+    load_before = os.getloadavg()
     bandwidth = memory_bandwidth()
     torch.set_num_threads(opts.threads)
     speeds = compare("dense", dense, 1, ["none", "int8", "int4"], opts.repeats, opts.threads)
-    speeds += compare("dense", dense, 16, ["none"], 1, opts.threads)
-    speeds += compare("moe", moe, 16, ["none"], 1, opts.threads)
+    batched = max(1, opts.repeats - 1)
+    speeds += compare("dense", dense, 16, ["none"], batched, opts.batched_threads)
+    speeds += compare("moe", moe, 16, ["none"], batched, opts.batched_threads)
     floors = floor_table(dense, bandwidth)
     arrival = arrival_bench(dense, opts.threads)
+    loads = (load_before, os.getloadavg())
     s = {sp.name: sp for sp in speeds}
     headline = {
         "fp32_b1_vs_hf": s["dense ours none b1"].decode_tok_s
@@ -281,11 +292,13 @@ def main() -> None:
         "int8_b1_floor_pct": 100 * s["dense ours int8 b1"].decode_tok_s / floors["int8"],
         "moe_b16_vs_hf": s["moe ours none b16"].decode_tok_s
         / s["moe transformers fp32 b16"].decode_tok_s,
+        "fp32_b16_vs_hf": s["dense ours none b16"].decode_tok_s
+        / s["dense transformers fp32 b16"].decode_tok_s,
         "arrival_vs_serial": arrival[1]["tok_s"] / arrival[0]["tok_s"],
         "arrival_ttft_p50_ratio": arrival[1]["ttft_p50_ms"] / arrival[0]["ttft_p50_ms"],
     }
     headline = {k: round(v, 3) for k, v in headline.items()}
-    text = report(speeds, floors, bandwidth, arrival, headline, opts.threads)
+    text = report(speeds, floors, bandwidth, arrival, headline, opts, loads)
     print(text)
     append_docs(text)
     print(json.dumps(headline))
@@ -298,11 +311,16 @@ def floor_table(path: Path, bandwidth: float) -> dict[str, float]:
 
 
 def report(speeds: list[Speed], floors: dict[str, float], bandwidth: float, arrival: list[dict],
-           headline: dict, threads: int) -> str:
+           headline: dict, opts: argparse.Namespace,
+           loads: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
+    load = " -> ".join("/".join(f"{v:.1f}" for v in la) for la in loads)
     lines = [f"## Engine ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
-             f"Command: `{COMMAND}`; torch {torch.__version__}, {threads} thread(s), "
-             f"{psutil.cpu_count()} cores; prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy; "
-             f"read bandwidth {bandwidth / 1e9:.1f} GB/s (best of 1 and 2 threads).", "",
+             f"Command: `{COMMAND}`; torch {torch.__version__}, {psutil.cpu_count()} cores; "
+             f"threads (both engines): batch 1 and arrival {opts.threads}, batch 16 "
+             f"{opts.batched_threads}; prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy; "
+             f"read bandwidth {bandwidth / 1e9:.1f} GB/s (median of 9 sums of 256 MiB, the "
+             f"higher of 1 and 2 threads); load average (1/5/15 min) before -> after: {load}.",
+             "",
              "| configuration | decode tok/s | TTFT ms | peak RSS MiB | % of b1 floor |",
              "|---|---:|---:|---:|---:|"]
     for sp in speeds:
