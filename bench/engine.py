@@ -1,7 +1,8 @@
 """Benchmark of the frugalserve engine against `transformers.generate` on the same weights.
 
-Run: `python bench/engine.py` (about 3-5 minutes on 2 cores). Prints a table, appends a section
-to docs/benchmarks.md, and prints one JSON object with the headline ratios as the last line.
+Run: `python bench/engine.py` (about 6 minutes on 2 cores). Prints a table, writes it as the
+engine section of docs/benchmarks.md (replacing the previous one), and prints one JSON object
+with the headline ratios as the last line.
 
 Threads are set per configuration, identically for ours and transformers: batch 1 and the
 continuous-arrival workload on `--threads` (1: memory-bound decode is as fast on one thread, and
@@ -339,12 +340,18 @@ def report(speeds: list[Speed], floors: dict[str, float], bandwidth: float, arri
 
 
 def append_docs(text: str) -> None:
+    """Write this run as the engine section of docs/benchmarks.md, replacing the previous
+    engine section (other benchmarks' sections stay as they are)."""
     docs = ROOT / "docs" / "benchmarks.md"
     docs.parent.mkdir(exist_ok=True)
-    if not docs.exists():
-        docs.write_text("# Benchmarks\n\n")
-    with docs.open("a") as f:
-        f.write("\n" + text)
+    old = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    kept, skipping = [], False
+    for line in old.splitlines(keepends=True):
+        if line.startswith("## "):
+            skipping = line.startswith("## Engine (")
+        if not skipping:
+            kept.append(line)
+    docs.write_text("".join(kept).rstrip("\n") + "\n\n" + text)
 
 
 if __name__ == "__main__":
