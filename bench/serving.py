@@ -55,13 +55,15 @@ def pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[int(q) - 1]
 
 
-async def overhead(http: httpx.AsyncClient, n: int) -> tuple[list[float], list[float]]:
+async def overhead(http: httpx.AsyncClient, n: int) -> dict[str, list[float]]:
+    """Latencies (ms) through the gateway, direct (prepare + generate) and of `prepare` alone
+    (the handle call the gateway saves by tokenizing itself)."""
     from ray import serve
 
     handle = serve.get_deployment_handle(model_deployment_name("bench"), app_name=local.APP_NAME)
     stream = handle.options(stream=True)
     body = {"model": "bench", "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
-    via_gateway, direct = [], []
+    out: dict[str, list[float]] = {"gateway": [], "direct": [], "prepare": []}
     for i in range(n + 10):
         t = time.perf_counter()
         r = await http.post("/completions", json=body, headers=HEADERS)
@@ -69,14 +71,15 @@ async def overhead(http: httpx.AsyncClient, n: int) -> tuple[list[float], list[f
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8, r.text
         t = time.perf_counter()
         prepared = await handle.prepare.remote(None, PROMPT)
+        p = time.perf_counter() - t
         deltas = [d async for d in stream.generate.remote(
             prepared.prompt_ids, SamplingParams(max_tokens=8), f"direct-{i}")]
         d = time.perf_counter() - t
         assert deltas[-1].completion_tokens == 8
         if i >= 10:  # warm-up
-            via_gateway.append(g * 1e3)
-            direct.append(d * 1e3)
-    return via_gateway, direct
+            for key, seconds in (("gateway", g), ("direct", d), ("prepare", p)):
+                out[key].append(seconds * 1e3)
+    return out
 
 
 async def throughput(http: httpx.AsyncClient, clients: int, seconds: float) -> float:
@@ -99,11 +102,13 @@ async def throughput(http: httpx.AsyncClient, clients: int, seconds: float) -> f
 async def measure(base_url: str, n: int, seconds: float) -> dict[str, float]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
-        gw, direct = await overhead(http, n)
+        lat = await overhead(http, n)
         tps = {c: await throughput(http, c, seconds) for c in (1, 8, 32)}
+    gw, direct = lat["gateway"], lat["direct"]
     out = {
         "gateway_p50_ms": statistics.median(gw), "direct_p50_ms": statistics.median(direct),
         "gateway_p99_ms": pct(gw, 99), "direct_p99_ms": pct(direct, 99),
+        "direct_prepare_p50_ms": statistics.median(lat["prepare"]),
         **{f"tokens_per_s_{c}c": v for c, v in tps.items()},
     }
     out["gateway_overhead_p50_ms"] = out["gateway_p50_ms"] - out["direct_p50_ms"]

@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ReplicaState
 
 from frugalserve.ledger import open_ledger
-from frugalserve.serving.clients import HandleClient
+from frugalserve.serving.clients import HandleClient, load_tokenizer
 from frugalserve.serving.config import (
     GATEWAY_DEPLOYMENT,
     AppConfig,
@@ -45,7 +45,7 @@ class GatewayServer:
         ledger = open_ledger(self.config.ledger_url)
         self.gateway = Gateway(
             {m.name: m for m in self.config.models},
-            {name: HandleClient(handle) for name, handle in models.items()},
+            {m.name: HandleClient(models[m.name], load_tokenizer(m)) for m in self.config.models},
             ledger,
             metrics=Metrics(ledger, replica=serve.get_replica_context().replica_tag),
             reserve=os.environ.get(UNSAFE_CHECK_THEN_CHARGE) != "1",

@@ -4,12 +4,17 @@ over a Ray Serve deployment handle (`HandleClient`, used by the gateway deployme
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from frugalserve.serving.engine import SamplingParams, TokenDelta
+from frugalserve.serving.config import ModelConfig
+from frugalserve.serving.engine import SamplingParams, TokenDelta, resolve_source
+from frugalserve.serving.engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,14 +25,19 @@ class Prepared:
     max_context_tokens: int
 
 
-class EngineLike(Protocol):
+class TextEncoder(Protocol):
+    """A model's tokenizer and chat template (`engine.Engine` and `engine.tokenizer.Tokenizer`)."""
+
+    def encode(self, text: str) -> list[int]: ...
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str: ...
+
+
+class EngineLike(TextEncoder, Protocol):
     """The part of `engine.Engine` the serving layer uses (a fake engine implements it too)."""
 
     model_name: str
     max_context_tokens: int
 
-    def encode(self, text: str) -> list[int]: ...
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str: ...
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  request_id: str | None = None) -> AsyncIterator[TokenDelta]: ...
     def stats(self) -> dict[str, Any]: ...
@@ -43,11 +53,23 @@ class ModelClient(Protocol):
     async def stats(self) -> dict[str, Any]: ...
 
 
-def tokenize(engine: EngineLike, messages: list[dict[str, str]] | None,
+def tokenize(encoder: TextEncoder, context: int, messages: list[dict[str, str]] | None,
              prompt: str | None) -> Prepared:
     """Exact prompt tokens with the model's own tokenizer and chat template."""
-    text = engine.apply_chat_template(messages) if messages is not None else prompt or ""
-    return Prepared(engine.encode(text), engine.max_context_tokens)
+    text = encoder.apply_chat_template(messages) if messages is not None else prompt or ""
+    return Prepared(encoder.encode(text), context)
+
+
+def load_tokenizer(model: ModelConfig) -> Tokenizer | None:
+    """The tokenizer of the model's checkpoint, loaded as the engine loads it, for tokenizing
+    in the gateway; None (tokenize on the model deployment) where the gateway cannot read the
+    checkpoint, e.g. a PVC mounted only on the model's nodes."""
+    try:
+        return Tokenizer.from_dir(resolve_source(model.source, revision=model.revision))
+    except Exception as exc:
+        log.warning("model %s: tokenizing on the model deployment (no local tokenizer: %s)",
+                    model.name, exc)
+        return None
 
 
 class EngineClient:
@@ -58,7 +80,7 @@ class EngineClient:
 
     async def prepare(self, messages: list[dict[str, str]] | None,
                       prompt: str | None) -> Prepared:
-        return tokenize(self.engine, messages, prompt)
+        return tokenize(self.engine, self.engine.max_context_tokens, messages, prompt)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncGenerator[TokenDelta, None]:
@@ -73,16 +95,23 @@ class EngineClient:
 
 
 class HandleClient:
-    """A model served by a Ray Serve deployment (`serving.model_server.ModelServer`)."""
+    """A model served by a Ray Serve deployment (`serving.model_server.ModelServer`). With the
+    checkpoint's `tokenizer`, prompts are tokenized here, saving a handle call per request;
+    the deployment is asked once for its context limit."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, tokenizer: Tokenizer | None = None) -> None:
         self.handle = handle
         self._stream = handle.options(stream=True)
+        self._tokenizer = tokenizer
+        self._context: int | None = None
 
     async def prepare(self, messages: list[dict[str, str]] | None,
                       prompt: str | None) -> Prepared:
-        prepared: Prepared = await self.handle.prepare.remote(messages, prompt)
-        return prepared
+        if self._tokenizer is None or self._context is None:
+            prepared: Prepared = await self.handle.prepare.remote(messages, prompt)
+            self._context = prepared.max_context_tokens
+            return prepared
+        return tokenize(self._tokenizer, self._context, messages, prompt)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncGenerator[TokenDelta, None]:
