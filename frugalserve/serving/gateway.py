@@ -11,9 +11,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from frugalserve.api.models import OnExceeded
 from frugalserve.ledger import BudgetExceeded, Ledger, RateLimited, TenantLimits, Usage
@@ -127,6 +129,8 @@ class Gateway:
         self.tenants: tuple[TenantConfig, ...] = ()
         self.costs = {name: LiveCost(FREE) for name in self.models}
         self._background: set[asyncio.Future[None]] = set()
+        self._unstarted: dict[str, Admission] = {}
+        """Admissions whose run has not started: `finish` releases them if it never does."""
 
     def configure(self, user: GatewayUserConfig) -> None:
         """Apply tenants and prices in place (the deployment's `reconfigure`)."""
@@ -223,12 +227,42 @@ class Gateway:
                 f"model '{model}' ({context} tokens); at most {room}.",
                 param=param, code="context_length_exceeded")
         rid = f"{'chatcmpl' if prompt_param == 'messages' else 'cmpl'}-{uuid.uuid4().hex}"
-        usage = await asyncio.to_thread(
+        hold = asyncio.ensure_future(asyncio.to_thread(
             self._hold, tenant.name, rid, prices.cost(n_prompt, limit), n_prompt + limit,
-            model, prices.version)
+            model, prices.version))
+        try:
+            usage = await asyncio.shield(hold)
+        except asyncio.CancelledError:
+            # The caller left while the ledger was reserving: release what lands.
+            hold.add_done_callback(partial(self._release_orphan, rid))
+            raise
         self.metrics.in_flight.labels(tenant.name).inc()
-        return Admission(rid, tenant.name, model, prepared.prompt_ids, limit, prices,
-                         downgraded_from, usage)
+        adm = Admission(rid, tenant.name, model, prepared.prompt_ids, limit, prices,
+                        downgraded_from, usage)
+        self._unstarted[rid] = adm
+        return adm
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run ledger work to its end even if the request that needs it is cancelled."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _release_orphan(self, rid: str, hold: asyncio.Future[Usage]) -> None:
+        if self.reserve and not hold.cancelled() and hold.exception() is None:
+            self._spawn(asyncio.to_thread(self.ledger.release, rid))
+
+    async def finish(self, adm: Admission, deltas: AsyncGenerator[TokenDelta, None]) -> None:
+        """However a response ends (done, cut off, or abandoned before its stream started),
+        close its stream, which settles a started run, and release a run that never started."""
+        await deltas.aclose()
+        if self._unstarted.pop(adm.request_id, None) is None:
+            return
+        self.metrics.in_flight.labels(adm.tenant).dec()
+        if self.reserve:
+            await asyncio.shield(self._spawn(asyncio.to_thread(self.ledger.release,
+                                                               adm.request_id)))
 
     def _hold(self, tenant: str, rid: str, cost_max: int, tokens_max: int, model: str,
               version: str) -> Usage:
@@ -259,9 +293,12 @@ class Gateway:
         except BudgetExceeded:
             log.warning("check-then-charge lost the charge of %s", adm.request_id)
 
-    async def run(self, adm: Admission, params: SamplingParams) -> AsyncIterator[TokenDelta]:
+    async def run(
+        self, adm: Admission, params: SamplingParams
+    ) -> AsyncGenerator[TokenDelta, None]:
         """Stream the engine's deltas; settle, once, the counts of the last delta handed to the
         consumer (all of them on success; what was received on disconnect or produced on error)."""
+        self._unstarted.pop(adm.request_id, None)  # from here on this run settles it
         cost = self.costs[adm.model]
         cost.begin()
         start = time.monotonic()
@@ -283,10 +320,7 @@ class Gateway:
         finally:
             prompt = last.prompt_tokens if last else len(adm.prompt_ids)
             completion = last.completion_tokens if last else 0
-            settle = asyncio.ensure_future(
-                asyncio.to_thread(self._charge, adm, prompt, completion))
-            self._background.add(settle)
-            settle.add_done_callback(self._background.discard)
+            settle = self._spawn(asyncio.to_thread(self._charge, adm, prompt, completion))
             self.metrics.in_flight.labels(adm.tenant).dec()
             end = time.monotonic()
             self._observe(adm, outcome, prompt, completion, start, first, end)

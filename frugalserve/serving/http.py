@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import Receive, Scope, Send
 
 from frugalserve.serving import protocol
 from frugalserve.serving.engine import SamplingParams
@@ -26,6 +27,22 @@ MICROS_PER_USD = 1_000_000
 def error_response(exc: BaseException) -> JSONResponse:
     err = to_api_error(exc)
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+class SettlingStream(StreamingResponse):
+    """A streamed response that calls `on_close` however it ends: finished, cut off by the
+    client, or never started because the client left before the first byte."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], Awaitable[None]],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.on_close()
 
 
 def create_app(gateway: Gateway, max_body_bytes: int = 1 << 20) -> FastAPI:
@@ -101,8 +118,8 @@ async def _complete(gateway: Gateway, request: Request,
     deltas = gateway.run(adm, params)
     headers = _headers(adm)
     if req.stream:
-        return StreamingResponse(_sse(adm, req, deltas), media_type="text/event-stream",
-                                 headers=headers)
+        return SettlingStream(_sse(adm, req, deltas), lambda: gateway.finish(adm, deltas),
+                              media_type="text/event-stream", headers=headers)
     text, finish, prompt, completion = [], "stop", len(adm.prompt_ids), 0
     try:
         async for delta in deltas:
@@ -111,6 +128,8 @@ async def _complete(gateway: Gateway, request: Request,
             prompt, completion = delta.prompt_tokens, delta.completion_tokens
     except Exception as exc:
         return error_response(exc)
+    finally:
+        await gateway.finish(adm, deltas)
     build = protocol.chat_response if isinstance(req, ChatRequest) else protocol.text_response
     body_out = build(adm.request_id, adm.model, "".join(text), finish, prompt, completion)
     return JSONResponse(body_out, headers=headers)

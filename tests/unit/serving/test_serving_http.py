@@ -4,12 +4,14 @@ usage chunk equal to the engine's counts, every error status in OpenAI's shape, 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import openai
 import pytest
 
 from frugalserve.serving.engine import SamplingParams
 from frugalserve.serving.gateway import Gateway
+from frugalserve.serving.http import create_app
 from frugalserve.serving.protocol import CompletionRequest
 from tests.unit.serving.conftest import KEYS, Stack, user_config
 
@@ -203,3 +205,27 @@ async def test_replicas_sharing_a_ledger_report_identical_billing_counters(
         assert (f'frugalserve_requests_total{{model="small",outcome="length",'
                 f'replica="{gw.metrics.replica}",tenant="{tenant}"}} 1.0') in text
     assert stack.gateway.metrics.replica != other.metrics.replica
+
+
+async def test_stream_abandoned_before_its_first_byte_is_released(stack: Stack) -> None:
+    """Drive the ASGI app by hand: the client is gone, so the first send fails."""
+    app = create_app(stack.gateway)
+    body = json.dumps({"model": "big", "prompt": "hi", "max_tokens": 50, "stream": True})
+    messages = [{"type": "http.request", "body": body.encode(), "more_body": False}]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        raise OSError("the client went away")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/completions", "raw_path": b"",
+             "query_string": b"", "root_path": "", "server": ("test", 80),
+             "client": ("127.0.0.1", 1), "headers": [
+                 (b"authorization", f"Bearer {KEYS['alice']}".encode()),
+                 (b"content-type", b"application/json")]}
+    with pytest.raises(OSError):
+        await app(scope, receive, send)
+    usage = await asyncio.to_thread(stack.ledger.usage, "alice")
+    assert (usage.in_flight, usage.reserved_micros, usage.spent_micros) == (0, 0, 0)

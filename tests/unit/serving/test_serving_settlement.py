@@ -118,3 +118,55 @@ async def test_books_balance_at_every_instant_of_an_over_budget_burst(ledger: Le
     assert admitted == 100_000 // 1901 == 52  # cost_max = 1 + 190 x 10 micro-USD
     assert worst <= 100_000
     assert ledger.usage("alice").spent_micros == 52 * 1901
+
+
+async def test_a_stream_that_never_starts_releases_its_reservation(ledger: Ledger) -> None:
+    gw = gateway(ledger, FakeEngine("big"))
+    alice = gw.authenticate("Bearer sk-alice")
+    adm = await gw.admit(alice, CompletionRequest(model="big", prompt="abcd", max_tokens=50))
+    stream = gw.run(adm, SamplingParams(max_tokens=adm.max_tokens))
+    assert ledger.usage("alice").reserved_micros > 0  # held until someone settles it
+    await gw.finish(adm, stream)  # the client left before the first byte
+    usage = ledger.usage("alice")
+    assert (usage.reserved_micros, usage.spent_micros, usage.in_flight) == (0, 0, 0)
+
+
+async def test_finish_after_a_full_run_charges_once(ledger: Ledger) -> None:
+    gw = gateway(ledger, FakeEngine("big"))
+    alice = gw.authenticate("Bearer sk-alice")
+    adm = await gw.admit(alice, CompletionRequest(model="big", prompt="ab", max_tokens=3))
+    stream = gw.run(adm, SamplingParams(max_tokens=adm.max_tokens))
+    assert [d.completion_tokens async for d in stream][-1] == 3
+    await gw.finish(adm, stream)
+    usage = ledger.usage("alice")
+    assert (usage.spent_micros, usage.reserved_micros, usage.in_flight) == (2 + 30, 0, 0)
+
+
+class SlowReserve:
+    """A ledger whose reserve takes a while, so a caller can leave in the middle of it."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.inner, self.reserving = ledger, threading.Event()
+
+    def reserve(self, *args: object, **kwargs: object) -> object:
+        self.reserving.set()
+        threading.Event().wait(0.3)
+        return self.inner.reserve(*args, **kwargs)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_a_caller_leaving_during_admission_leaves_no_reservation(ledger: Ledger) -> None:
+    slow = SlowReserve(ledger)
+    gw = gateway(slow, FakeEngine("big"))  # type: ignore[arg-type]
+    alice = gw.authenticate("Bearer sk-alice")
+    admit = asyncio.ensure_future(
+        gw.admit(alice, CompletionRequest(model="big", prompt="abcd", max_tokens=50)))
+    await asyncio.to_thread(slow.reserving.wait)
+    admit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await admit
+    await asyncio.sleep(0.6)  # the reservation lands after the caller left, then is released
+    usage = ledger.usage("alice")
+    assert (usage.reserved_micros, usage.in_flight, usage.spent_micros) == (0, 0, 0)
