@@ -244,7 +244,8 @@ class SQLiteLedger:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One serialized write transaction: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK."""
+        """One serialized write transaction: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK. Writers
+        read the clock inside it, so the ledger's time never runs backwards across writes."""
         with self._lock:
             fcntl.flock(self._write_lock_fd, fcntl.LOCK_EX)
             try:
@@ -273,8 +274,8 @@ class SQLiteLedger:
     def configure_tenant(self, tenant: str, limits: TenantLimits) -> None:
         validate.name("tenant", tenant)
         validate.limits(limits)
-        now = self._now_us()
         with self._write() as db:
+            now = self._now_us()
             try:
                 t = self._load(db, tenant)
             except UnknownTenant:
@@ -308,8 +309,8 @@ class SQLiteLedger:
         lease_us = round(validate.lease(lease_s) * 1_000_000)
         validate.label("model", model)
         validate.label("price_version", price_version)
-        now = self._now_us()
         with self._write() as db:
+            now = self._now_us()
             t = self._load(db, tenant)
             if db.execute(
                 "SELECT 1 FROM reservations WHERE request_id = ?", (request_id,)
@@ -402,8 +403,8 @@ class SQLiteLedger:
         validate.amount("cost_micros", cost_micros, validate.MAX_REQUEST_MICROS)
         validate.amount("prompt_tokens", prompt_tokens, validate.MAX_REQUEST_TOKENS)
         validate.amount("completion_tokens", completion_tokens, validate.MAX_REQUEST_TOKENS)
-        now = self._now_us()
         with self._write() as db:
+            now = self._now_us()
             res = self._reservation(db, request_id)
             if res["state"] == "released":
                 raise UnknownReservation(request_id, "was released, so there is nothing to settle")
@@ -422,8 +423,8 @@ class SQLiteLedger:
 
     def release(self, request_id: str) -> None:
         validate.name("request_id", request_id)
-        now = self._now_us()
         with self._write() as db:
+            now = self._now_us()
             res = self._reservation(db, request_id)
             if res["state"] != "reserved":
                 return
@@ -440,8 +441,8 @@ class SQLiteLedger:
             )
 
     def expire(self) -> int:
-        now = self._now_us()
         with self._write() as db:
+            now = self._now_us()
             rows = db.execute(
                 "SELECT * FROM reservations WHERE state = 'reserved' AND expires_us <= ?", (now,)
             ).fetchall()
