@@ -136,7 +136,7 @@ async def _complete(gateway: Gateway, request: Request,
 
 
 def _headers(adm: Admission) -> dict[str, str]:
-    out = {"x-request-id": adm.request_id}
+    out = {"x-frugalserve-request-id": adm.request_id}  # Serve sets its own x-request-id
     if adm.usage.remaining_micros is not None:
         out["x-frugalserve-budget-remaining-usd"] = f"{adm.usage.remaining_micros / 1e6:.6f}"
     if adm.usage.remaining_tokens is not None:
