@@ -1,12 +1,14 @@
 """Benchmark of the frugalserve engine against `transformers.generate` on the same weights.
 
-Run: `python bench/engine.py` (about 6 minutes on 2 cores). Prints a table, writes it as the
+Run: `python bench/engine.py` (about 9 minutes on 2 cores). Prints a table, writes it as the
 engine section of docs/benchmarks.md (replacing the previous one), and prints one JSON object
 with the headline ratios as the last line.
 
 Threads are set per configuration, identically for ours and transformers: batch 1 and the
 continuous-arrival workload on `--threads` (1: memory-bound decode is as fast on one thread, and
-it is the engine's default on 2 cores), batch 16 on `--batched-threads` (2: compute-bound).
+it is the engine's default on 2 cores); batch 16 once per `--batched-threads` count (1, the
+engine's default, for the headline, and 2: compute-bound, but it collapses for both engines when
+other processes load the second core).
 Each speed is the best of `--repeats` alternating runs, since other load only slows a run down;
 the load average is printed with the results, since other processes depress every figure.
 """
@@ -163,8 +165,9 @@ async def our_speed(engine: Engine, batch: list[list[int]],
 
 
 def compare(label: str, path: Path, batch_size: int, quantizations: list[str], repeats: int,
-            threads: int) -> list[Speed]:
-    """transformers fp32 and our engine (each quantization), alternating, best of `repeats`."""
+            threads: int, bandwidths: list[float] | None = None) -> list[Speed]:
+    """transformers fp32 and our engine (each quantization), alternating, best of `repeats`;
+    the read bandwidth is sampled into `bandwidths` before each round (same load)."""
     batch = prompts(batch_size)
     results: dict[str, list[tuple[float, float]]] = {}
     rss: dict[str, float] = {}
@@ -182,6 +185,9 @@ def compare(label: str, path: Path, batch_size: int, quantizations: list[str], r
             asyncio.run(our_speed(engines[q], batch, new_tokens=4))  # warm-up, like hf's
         rss[q] = peak.mib
     for _ in range(repeats):
+        if bandwidths is not None:
+            bandwidths.append(memory_bandwidth())
+            torch.set_num_threads(threads)
         results.setdefault("hf", []).append(hf_speed(hf, batch))
         for q, engine in engines.items():
             results.setdefault(q, []).append(asyncio.run(our_speed(engine, batch)))
@@ -268,18 +274,24 @@ def arrival_bench(path: Path, threads: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="batch 1 and arrival")
-    parser.add_argument("--batched-threads", type=int, default=2, help="batch 16")
+    parser.add_argument("--batched-threads", default="1,2",
+                        help="batch 16, one run per count; the first one is the headline")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/frugalserve/bench")
     opts = parser.parse_args()
     dense, moe = checkpoint("bench-dense", opts.cache), checkpoint("bench-moe", opts.cache)
     load_before = os.getloadavg()
-    bandwidth = memory_bandwidth()
     torch.set_num_threads(opts.threads)
-    speeds = compare("dense", dense, 1, ["none", "int8", "int4"], opts.repeats, opts.threads)
+    bandwidths: list[float] = []
+    speeds = compare("dense", dense, 1, ["none", "int8", "int4"], opts.repeats, opts.threads,
+                     bandwidths)
+    bandwidth = statistics.median(bandwidths)
     batched = max(1, opts.repeats - 1)
-    speeds += compare("dense", dense, 16, ["none"], batched, opts.batched_threads)
-    speeds += compare("moe", moe, 16, ["none"], batched, opts.batched_threads)
+    threads_b16 = [int(t) for t in opts.batched_threads.split(",")]
+    for t in threads_b16:
+        tag = "" if t == threads_b16[0] else f" {t}-thread"
+        speeds += compare(f"dense{tag}", dense, 16, ["none"], batched, t)
+        speeds += compare(f"moe{tag}", moe, 16, ["none"], batched, t)
     floors = floor_table(dense, bandwidth)
     arrival = arrival_bench(dense, opts.threads)
     loads = (load_before, os.getloadavg())
@@ -295,6 +307,9 @@ def main() -> None:
         / s["moe transformers fp32 b16"].decode_tok_s,
         "fp32_b16_vs_hf": s["dense ours none b16"].decode_tok_s
         / s["dense transformers fp32 b16"].decode_tok_s,
+        **{f"{kind}_b16_{t}t_vs_hf": s[f"{kind} {t}-thread ours none b16"].decode_tok_s
+           / s[f"{kind} {t}-thread transformers fp32 b16"].decode_tok_s
+           for t in threads_b16[1:] for kind in ("moe", "dense")},
         "arrival_vs_serial": arrival[1]["tok_s"] / arrival[0]["tok_s"],
         "arrival_ttft_p50_ratio": arrival[1]["ttft_p50_ms"] / arrival[0]["ttft_p50_ms"],
     }
@@ -318,9 +333,11 @@ def report(speeds: list[Speed], floors: dict[str, float], bandwidth: float, arri
     lines = [f"## Engine ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
              f"Command: `{COMMAND}`; torch {torch.__version__}, {psutil.cpu_count()} cores; "
              f"threads (both engines): batch 1 and arrival {opts.threads}, batch 16 "
-             f"{opts.batched_threads}; prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy; "
-             f"read bandwidth {bandwidth / 1e9:.1f} GB/s (median of 9 sums of 256 MiB, the "
-             f"higher of 1 and 2 threads); load average (1/5/15 min) before -> after: {load}.",
+             f"{opts.batched_threads.split(',')[0]} (other counts labelled); prompt "
+             f"{PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy; read bandwidth "
+             f"{bandwidth / 1e9:.1f} GB/s (sampled before each batch-1 round: median of 9 sums "
+             f"of 256 MiB on 1 and on 2 threads, the higher; median over rounds); load "
+             f"average (1/5/15 min) before -> after: {load}.",
              "",
              "| configuration | decode tok/s | TTFT ms | peak RSS MiB | % of b1 floor |",
              "|---|---:|---:|---:|---:|"]
