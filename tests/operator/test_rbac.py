@@ -35,8 +35,12 @@ async def test_every_flow_uses_exactly_the_committed_verbs(
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     async with operator(ledger_url=url, tenant_interval_s=0.2):
         await cluster.create(MODELS, model("broken", resources={"gpuType": "Z80"}))
+        # A RayService of that name that the operator's watch does not deliver (unlabelled):
+        # its create meets 409, and it reads the object to patch it.
+        await cluster.create(RAYSERVICES, {"apiVersion": "ray.io/v1", "kind": "RayService",
+                                           "metadata": {"name": "alpha"}, "spec": {}})
         await cluster.create(MODELS, model("alpha"))
-        await eventually(lambda: cluster.get(RAYSERVICES, "alpha"))
+        await eventually(lambda: cluster.get(RAYSERVICES, "alpha")["metadata"].get("labels"))
         await cluster.patch(RAYSERVICES, "default", "alpha",
                             {"status": {"serviceStatus": "Running"}}, sub="status")
         await cluster.create(SECRETS, secret("acme-key", API_KEY))

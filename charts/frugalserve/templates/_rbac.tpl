@@ -15,10 +15,11 @@ granted. */}}
 - apiGroups: ["frugalserve.io"]
   resources: ["modeldeployments/status", "tenants/status"]
   verbs: ["patch"]
-# The rendered RayServices (owned by their ModelDeployment), watched for their status.
+# The rendered RayServices (owned by their ModelDeployment), watched for their status; read
+# one by one when a create meets one that the watch has not delivered yet (409).
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["create", "list", "patch", "watch"]
+  verbs: ["create", "get", "list", "patch", "watch"]
 # Tenants' API keys: read one by one to hash them; the key itself never leaves the Secret.
 - apiGroups: [""]
   resources: ["secrets"]
