@@ -1,10 +1,14 @@
 """The two forward passes of serving, as small functions over a `Transformer` with a KV cache:
-`prefill` (one prompt into its slot) and `decode_step` (one token for every running request).
+`prefill` (one prompt into its slot) and `decode_step` (one token for every running request),
+plus `CompiledDecode`, the single-slot decode step through torch.compile.
 
 Called by the scheduler; tests call them directly against a full forward pass.
 """
 
 from __future__ import annotations
+
+import time
+import warnings
 
 import torch
 from torch import Tensor
@@ -27,3 +31,47 @@ def decode_step(model: Transformer, token_ids: list[int], positions: list[int],
     tokens = torch.tensor(token_ids)[:, None]  # [B] -> [B, 1]
     batch = Batch.make(slots, torch.tensor(positions)[:, None])  # input_pos [B, 1]
     return model(tokens, batch)[:, 0]  # [B, 1, V] -> [B, V]
+
+
+# Inductor settings of the compiled step: weights frozen into constants and pre-packed for the
+# C++ GEMM template (AVX-512 micro-kernels; for int8 weights the dequantization runs inside it),
+# the small ops (norms, RoPE, residuals, casts) fused into a few C++ loops. One GEMM backend, so
+# nothing is benchmarked at compile time (bounded compile time).
+COMPILE_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP"}
+
+
+def _import_freezing_deps() -> None:
+    """Inductor's freezing pass imports torch.utils.mkldnn, whose TorchScript classes warn
+    (DeprecationWarning) at import; import it here with that one warning silenced, so a
+    compile in the engine's worker thread cannot fail under warnings-as-errors."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated",
+                                DeprecationWarning)
+        import torch.utils.mkldnn  # noqa: F401
+
+
+class CompiledDecode:
+    """`decode_step` for a batch of one row in slot 0, compiled on first call.
+
+    Same math as the eager step (greedy tokens identical in tests); only the cache length
+    varies between calls and it is traced symbolically, so it compiles once. The frozen graph
+    holds its own packed copy of the weights (prefill stays eager on the originals)."""
+
+    def __init__(self, model: Transformer) -> None:
+        self.model = model
+        self.compile_s: float | None = None  # wall time of the first (compiling) call
+        self._slots = torch.zeros(1, dtype=torch.long)  # [1]: slot 0
+        _import_freezing_deps()
+        self._step = torch.compile(model.run, dynamic=True)
+
+    @torch.inference_mode()
+    def __call__(self, token_id: int, position: int) -> Tensor:
+        """Feed token_id at `position` of slot 0; next-token logits [1, V]."""
+        start = time.perf_counter() if self.compile_s is None else 0.0
+        tokens = torch.tensor([[token_id]])  # [1, 1]
+        batch = Batch(self._slots, torch.tensor([[position]]), (0, 1))  # input_pos [1, 1]
+        with torch._inductor.config.patch(COMPILE_OPTIONS):  # read when (re)compiling
+            logits = self._step(tokens, batch, position + 1, None)[:, 0]  # [1, 1, V] -> [1, V]
+        if self.compile_s is None:
+            self.compile_s = time.perf_counter() - start
+        return logits

@@ -259,9 +259,14 @@ class Transformer(nn.Module):
     def forward(self, tokens: Tensor, batch: Batch, last_only: bool = False) -> Tensor:
         """tokens, batch.input_pos: [B, T] -> logits [B, T, V] (or [B, 1, V] when last_only)."""
         length = int(batch.input_pos.max()) + 1  # keys 0..length-1 are read from the cache
+        return self.run(tokens, batch, length, attention_mask(batch.input_pos, length), last_only)
+
+    def run(self, tokens: Tensor, batch: Batch, length: int, mask: Tensor | None,
+            last_only: bool = False) -> Tensor:
+        """`forward` with the cache length and mask given: no data-dependent Python, so
+        torch.compile traces it whole (see decode.CompiledDecode)."""
         cos = self.rope_cos[batch.input_pos].unsqueeze(1)  # [B, T, Dh] -> [B, 1, T, Dh]
         sin = self.rope_sin[batch.input_pos].unsqueeze(1)
-        mask = attention_mask(batch.input_pos, length)
         x = self.tok_embeddings(tokens)  # [B, T, D]
         for layer in self.layers:
             x = layer(x, cos, sin, mask, batch, length)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .decode import decode_step, prefill
+from .decode import CompiledDecode, decode_step, prefill
 from .model import Transformer
 from .sampling import SamplingParams, make_generator, sample
 
@@ -84,8 +84,12 @@ class Scheduler:
     """Slots, a waiting queue and the step loop body; thread-safe through one lock."""
 
     def __init__(self, model: Transformer, decode_text: Callable[[list[int]], str],
-                 max_batch_size: int, max_context_tokens: int) -> None:
+                 max_batch_size: int, max_context_tokens: int,
+                 compiled: CompiledDecode | None = None) -> None:
+        if compiled is not None and max_batch_size != 1:
+            raise ValueError("a compiled decode step serves single-slot schedulers only")
         self.model = model
+        self.compiled = compiled  # decodes the one running request when set
         self.decode_text = decode_text
         self.max_context_tokens = max_context_tokens
         self.eos_ids = set(model.args.eos_token_ids)
@@ -142,15 +146,20 @@ class Scheduler:
             for request in joining:
                 self._advance(request, prefill(self.model, request.prompt_ids, request.slot))
             if decoding:
-                logits = decode_step(self.model, [r.output_ids[-1] for r in decoding],
-                                     [self._position(r) for r in decoding],
-                                     [r.slot for r in decoding])  # [B, V]
-                for request, row in zip(decoding, logits, strict=True):
+                for request, row in zip(decoding, self._decode(decoding), strict=True):
                     self._advance(request, row)
         except Exception as exc:  # the step failed for everyone in it: tell them, free slots
             self._fail([*joining, *decoding], exc)
             raise
         self.steps += 1
+
+    def _decode(self, decoding: list[Request]) -> torch.Tensor:
+        """One decode forward for the running requests (sorted by slot): logits [B, V]."""
+        if self.compiled is not None:  # a single slot: one request, in slot 0
+            (request,) = decoding
+            return self.compiled(request.output_ids[-1], self._position(request))
+        return decode_step(self.model, [r.output_ids[-1] for r in decoding],
+                           [self._position(r) for r in decoding], [r.slot for r in decoding])
 
     def _position(self, request: Request) -> int:
         """Cache position of the request's last sampled token (the one fed next)."""
