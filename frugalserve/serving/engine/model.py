@@ -143,6 +143,18 @@ class KVCache(nn.Module):
         return self.k[batch.slots, :, :length], self.v[batch.slots, :, :length]
 
 
+def decode_attention(q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """One query per row over all of its keys: q [B, H, 1, Dh], keys, values [B, Hkv, L, Dh]
+    -> [B, H, 1, Dh]. Two small matmuls with the query heads of each kv head side by side
+    (the grouping of SDPA's enable_gqa); SDPA's flash kernel costs ~50 us a call at this size."""
+    B, H, _, Dh = q.shape
+    Hkv = keys.shape[1]
+    q = q.view(B, Hkv, H // Hkv, Dh)  # [B, H, 1, Dh] -> [B, Hkv, G, Dh]
+    scores = (q @ keys.transpose(2, 3)) * Dh**-0.5  # [B, Hkv, G, L]
+    out = torch.softmax(scores, dim=-1) @ values  # [B, Hkv, G, Dh]
+    return out.view(B, H, 1, Dh)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with fused QKV projection and rotary positions."""
 
@@ -164,7 +176,10 @@ class Attention(nn.Module):
         v = v.view(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
         assert self.kv_cache is not None, "call Transformer.setup_cache first"
         keys, values = self.kv_cache.update(batch, k, v, length)  # [B, Hkv, L, Dh]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        if T == 1 and mask is None:  # decode: every row sees its whole cache
+            out = decode_attention(q, keys, values)
+        else:
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         out = out.transpose(1, 2).reshape(B, T, -1)  # [B, H, T, Dh] -> [B, T, H*Dh]
         return self.wo(out)
 
