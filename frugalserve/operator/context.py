@@ -10,15 +10,12 @@ from datetime import UTC, datetime
 import httpx
 from kubernetes import client as k8s
 
-from frugalserve.api.models import Tenant
-from frugalserve.ledger import Ledger, TenantLimits, open_ledger
-from frugalserve.ledger import Period as LedgerPeriod
+from frugalserve.ledger import Ledger, open_ledger
 from frugalserve.operator.kube import Kube
 from frugalserve.operator.metrics import PrometheusRates, ScrapeRates, TokenRates
 from frugalserve.operator.reconcile import KeyHashes
 from frugalserve.operator.render import RenderSettings
 from frugalserve.operator.settings import OperatorSettings
-from frugalserve.pricing.cost import usd_to_micros
 
 
 def utc_now() -> datetime:
@@ -61,15 +58,3 @@ class Context:
         self.http.close()
         if self.ledger is not None:
             self.ledger.close()
-
-
-def ledger_limits(tenant: Tenant) -> TenantLimits:
-    """The ledger's limits for a Tenant's budget and rate limits."""
-    budget, rate = tenant.spec.budget, tenant.spec.rate_limit
-    return TenantLimits(
-        limit_micros=None if budget.limit_usd is None else usd_to_micros(budget.limit_usd),
-        limit_tokens=budget.limit_tokens,
-        period=LedgerPeriod(budget.period.value),
-        requests_per_minute=rate.requests_per_minute,
-        tokens_per_minute=rate.tokens_per_minute,
-    )

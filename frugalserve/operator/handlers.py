@@ -19,7 +19,7 @@ from frugalserve.api.manifests import ManifestError
 from frugalserve.api.models import GROUP, VERSION
 from frugalserve.operator import periodic
 from frugalserve.operator import status as st
-from frugalserve.operator.context import Context, ledger_limits
+from frugalserve.operator.context import Context
 from frugalserve.operator.kube import Conflict
 from frugalserve.operator.reconcile import (
     LazyModels,
@@ -33,6 +33,7 @@ from frugalserve.operator.reconcile import (
 )
 from frugalserve.operator.render import MANAGED_BY, MODEL_LABEL, FallbackError
 from frugalserve.pricing.cost import CostCeilingError, replica_bounds
+from frugalserve.serving.config import ledger_limits, tenant_config
 
 MODELS = (GROUP, VERSION, "modeldeployments")
 TENANTS = (GROUP, VERSION, "tenants")
@@ -239,7 +240,9 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
         if digest is None:
             raise kopf.TemporaryError(key_ok["message"], delay=RETRY_S)
         if ctx.ledger is not None:
-            await asyncio.to_thread(ctx.ledger.configure_tenant, name, ledger_limits(tenant))
+            config = tenant_config(tenant, digest)  # its name is the ledger key
+            await asyncio.to_thread(ctx.ledger.configure_tenant, config.name,
+                                    ledger_limits(config))
         names = [doc["metadata"]["name"] for doc in models_idx.get(namespace, [])]
         await reapply(namespace, names, models_idx, tenants_idx, rayservices_idx)
 

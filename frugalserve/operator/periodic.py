@@ -15,6 +15,7 @@ from frugalserve.operator import status as st
 from frugalserve.operator.context import Context
 from frugalserve.operator.reconcile import parse_model, parse_tenant
 from frugalserve.pricing.cost import gpu_hour_usd
+from frugalserve.serving.config import ledger_tenant
 
 logger = logging.getLogger(__name__)
 Docs = list[Mapping[str, Any]]
@@ -53,7 +54,8 @@ def tenant_tick(ctx: Context, docs: Docs) -> None:
     for doc in sorted(docs, key=_key):
         try:
             tenant = parse_tenant(doc)
-            usage = ctx.ledger.usage(tenant.metadata.name)
+            usage = ctx.ledger.usage(ledger_tenant(tenant.metadata.namespace,
+                                                   tenant.metadata.name))
         except (ManifestError, UnknownTenant):
             continue
         previous = doc.get("status") or {}

@@ -22,6 +22,8 @@ from frugalserve.api.models import (
     Quantization,
     Tenant,
 )
+from frugalserve.ledger import Period as LedgerPeriod
+from frugalserve.ledger import TenantLimits
 from frugalserve.pricing.cost import ReplicaBounds, gpu_hour_usd, replica_bounds, usd_to_micros
 
 APP_IMPORT_PATH = "frugalserve.serving.app:build_app"
@@ -76,7 +78,10 @@ class ModelConfig(Config):
 class TenantConfig(Config):
     """A tenant as the gateway sees it: the key only as its SHA-256."""
 
-    name: str = Field(min_length=1, max_length=253, description="Tenant name (ledger key).")
+    name: str = Field(
+        min_length=1, max_length=253,
+        description="namespace/name: the tenant's ledger key (see `ledger_tenant`).",
+    )
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the API key.")
     models: tuple[str, ...] = Field(default=("*",), description="Allowed models, '*' for all.")
     limit_micros: int | None = Field(default=None, ge=0, description="Budget, micro-USD.")
@@ -144,12 +149,19 @@ def price_config(md: ModelDeployment, table: Mapping[str, float] | None = None) 
     )
 
 
+def ledger_tenant(namespace: str, name: str) -> str:
+    """The ledger's key of a Tenant: `namespace/name`. The ledger is shared cluster-wide, so
+    Tenants of the same name in two namespaces must not share a budget."""
+    return f"{namespace}/{name}"
+
+
 def tenant_config(tenant: Tenant, key_sha256: str) -> TenantConfig:
-    """The gateway's view of one Tenant, given the SHA-256 of its key."""
+    """The gateway's view of one Tenant, given the SHA-256 of its key; its `name` is the
+    tenant's ledger key."""
     spec = tenant.spec
     budget = spec.budget
     return TenantConfig(
-        name=tenant.metadata.name,
+        name=ledger_tenant(tenant.metadata.namespace, tenant.metadata.name),
         key_sha256=key_sha256,
         models=tuple(sorted(spec.models)),
         limit_micros=None if budget.limit_usd is None else usd_to_micros(budget.limit_usd),
@@ -159,6 +171,18 @@ def tenant_config(tenant: Tenant, key_sha256: str) -> TenantConfig:
         requests_per_minute=spec.rate_limit.requests_per_minute,
         tokens_per_minute=spec.rate_limit.tokens_per_minute,
         priority=spec.priority,
+    )
+
+
+def ledger_limits(tenant: TenantConfig) -> TenantLimits:
+    """The ledger's limits for a tenant's budget and rate limits (the gateway and the operator
+    both configure the ledger with these)."""
+    return TenantLimits(
+        limit_micros=tenant.limit_micros,
+        limit_tokens=tenant.limit_tokens,
+        period=LedgerPeriod(tenant.period.value),
+        requests_per_minute=tenant.requests_per_minute,
+        tokens_per_minute=tenant.tokens_per_minute,
     )
 
 

@@ -18,12 +18,17 @@ from functools import partial
 from typing import Any
 
 from frugalserve.api.models import OnExceeded
-from frugalserve.ledger import BudgetExceeded, Ledger, RateLimited, TenantLimits, Usage
-from frugalserve.ledger import Period as LedgerPeriod
+from frugalserve.ledger import BudgetExceeded, Ledger, RateLimited, Usage
 from frugalserve.ledger.validate import MAX_LEASE_S
 from frugalserve.pricing.live import LiveCost, Prices
 from frugalserve.serving.clients import ModelClient
-from frugalserve.serving.config import GatewayUserConfig, ModelConfig, PriceConfig, TenantConfig
+from frugalserve.serving.config import (
+    GatewayUserConfig,
+    ModelConfig,
+    PriceConfig,
+    TenantConfig,
+    ledger_limits,
+)
 from frugalserve.serving.engine import SamplingParams, TokenDelta
 from frugalserve.serving.errors import (
     AuthenticationFailed,
@@ -135,13 +140,7 @@ class Gateway:
     def configure(self, user: GatewayUserConfig) -> None:
         """Apply tenants and prices in place (the deployment's `reconfigure`)."""
         for tenant in user.tenants:
-            self.ledger.configure_tenant(tenant.name, TenantLimits(
-                limit_micros=tenant.limit_micros,
-                limit_tokens=tenant.limit_tokens,
-                period=LedgerPeriod(tenant.period.value),
-                requests_per_minute=tenant.requests_per_minute,
-                tokens_per_minute=tenant.tokens_per_minute,
-            ))
+            self.ledger.configure_tenant(tenant.name, ledger_limits(tenant))
         self.tenants = user.tenants
         for name, cost in self.costs.items():
             cost.price = user.prices.get(name, FREE)

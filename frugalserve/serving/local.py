@@ -25,6 +25,7 @@ from frugalserve.serving.config import (
     app_config,
     gateway_user_config,
     hash_key,
+    ledger_tenant,
     serve_application,
     tenant_config,
 )
@@ -41,7 +42,8 @@ class LocalPlan:
     app: AppConfig
     user: GatewayUserConfig
     keys: dict[str, str]
-    """Tenant -> API key (from the file's Secrets, else generated once and kept in the state)."""
+    """Tenant (its ledger key, `namespace/name`) -> API key (from the file's Secrets, else
+    generated once and kept in the state)."""
     generated: frozenset[str]
 
     def application(self, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -67,22 +69,22 @@ def plan(files: list[str], state_dir: Path, *, gateway_replicas: int = 1) -> Loc
     found = load_manifests(*files)
     kept_path = state_dir / "generated-keys.json"
     kept: dict[str, str] = json.loads(kept_path.read_text()) if kept_path.exists() else {}
-    keys, generated = {}, set()
+    keys, generated, tenants = {}, set(), []
     for t in found.tenants:
+        tenant = ledger_tenant(t.metadata.namespace, t.metadata.name)
         ref = t.spec.api_key_secret_ref
         secret = found.secrets.get((t.metadata.namespace, ref.name), {})
         if ref.key in secret:
-            keys[t.metadata.name] = secret[ref.key]
+            keys[tenant] = secret[ref.key]
         else:
-            keys[t.metadata.name] = kept.setdefault(t.metadata.name,
-                                                    f"fs-{secrets.token_urlsafe(18)}")
-            generated.add(t.metadata.name)
+            keys[tenant] = kept.setdefault(tenant, f"fs-{secrets.token_urlsafe(18)}")
+            generated.add(tenant)
+        tenants.append(tenant_config(t, hash_key(keys[tenant])))
     if generated:
         kept_path.write_text(json.dumps(kept, indent=2, sort_keys=True))
         kept_path.chmod(0o600)
     ledger_url = f"sqlite:///{(state_dir / 'ledger.db').resolve()}"
     app = app_config(found.models, ledger_url, gateway_replicas=gateway_replicas)
-    tenants = [tenant_config(t, hash_key(keys[t.metadata.name])) for t in found.tenants]
     user = gateway_user_config(found.models, tenants)
     (state_dir / "gateway.json").write_text(user.model_dump_json(indent=2))
     return LocalPlan(app, user, keys, frozenset(generated))
@@ -182,7 +184,8 @@ def serve_forever(files: list[str], state_dir: Path, *, host: str = "127.0.0.1",
 
 
 def usage_rows(state_dir: Path) -> list[dict[str, Any]]:
-    """Each tenant's spend, tokens, remaining budget and state, from the ledger in `state_dir`."""
+    """Each tenant's spend, tokens, remaining budget and state, from the ledger in `state_dir`;
+    tenants by their ledger key, `namespace/name` (`default/` for manifests without one)."""
     db = state_dir / "ledger.db"
     if not db.exists():
         raise FileNotFoundError(f"no ledger at {db}: run `frugalserve serve` first")

@@ -23,6 +23,7 @@ import openai
 import yaml
 
 from frugalserve.ledger import Ledger, Usage, open_ledger
+from frugalserve.serving.config import ledger_tenant
 from tests.e2e.kube import Kube
 from tests.e2e.ray_cluster import Ports, RayCluster, cluster_cpus
 
@@ -32,6 +33,8 @@ APP = "frugalserve"
 """The Serve application in every rendered serveConfigV2."""
 RAYSERVICE = "assistant"
 """The RayService deployed: it serves `assistant` and its fallback `assistant-lite`."""
+NAMESPACE = "default"
+"""The quickstart's namespace: Tenants are `default/<name>` in the ledger and the gateway."""
 GATEWAY = "Gateway"
 DOWNGRADED_HEADER = "x-frugalserve-downgraded"
 CHAT = [{"role": "user", "content": "What does one million tokens cost?"}]
@@ -101,7 +104,8 @@ class Flow:
         """Apply the quickstart; the RayService once its Serve config knows every Tenant."""
         self.kube.start()
         self.applied = self.kube.apply(QUICKSTART)
-        tenants = {t["metadata"]["name"] for t in self.kube.list("Tenant")}
+        tenants = {ledger_tenant(t["metadata"]["namespace"], t["metadata"]["name"])
+                   for t in self.kube.list("Tenant")}
         return self.kube.wait_for("RayService", RAYSERVICE, lambda rs: {
             t["name"] for t in gateway_user_config(serve_config(rs))["tenants"]} == tenants)
 
@@ -111,7 +115,7 @@ class Flow:
         self.kube.patch("Tenant", tenant, {"spec": {"budget": {"limitUSD": limit_usd}}})
         micros = round(limit_usd * 1_000_000)
         return self.kube.wait_for("RayService", RAYSERVICE, lambda rs: any(
-            t["name"] == tenant and t.get("limit_micros") == micros
+            t["name"] == ledger_tenant(NAMESPACE, tenant) and t.get("limit_micros") == micros
             for t in gateway_user_config(serve_config(rs))["tenants"]))
 
     # -- KubeRay's part ------------------------------------------------------------------------
@@ -162,10 +166,12 @@ class Flow:
         return prices
 
     def usage(self, tenant: str, timeout_s: float = 10.0) -> Usage:
-        """The tenant's ledger usage once no request of it is in flight."""
+        """The Tenant's ledger usage (as `default/<tenant>`) once no request of it is in
+        flight."""
         assert self.ledger is not None
         deadline = time.monotonic() + timeout_s
-        while (usage := self.ledger.usage(tenant)).in_flight and time.monotonic() < deadline:
+        key = ledger_tenant(NAMESPACE, tenant)
+        while (usage := self.ledger.usage(key)).in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
         return usage
 

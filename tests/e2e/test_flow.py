@@ -190,7 +190,7 @@ def test_budget_patch_applies_in_place_and_reject_tenant_stops_at_it(flow: Flow)
     new = flow.set_budget("demo", limit / 1e6)
 
     expected = serve_config(old)
-    demo = next(t for t in gateway_user_config(expected)["tenants"] if t["name"] == "demo")
+    demo = next(t for t in gateway_user_config(expected)["tenants"] if t["name"] == "default/demo")
     demo["limit_micros"] = limit
     assert serve_config(new) == expected
     assert {k: v for k, v in new["spec"].items() if k != "serveConfigV2"} == \

@@ -235,8 +235,9 @@ def write(flow: Flow) -> str:
         """)
     usage = flow.usage("demo")
     t.text(f"""
-        The ledger says `demo` spent {usage.spent_micros} of its {usage.limit_micros}
-        micro-USD; the {usage.remaining_micros} left do not pay for another request.
+        The ledger, where tenants are keyed by namespace/name, says `default/demo` spent
+        {usage.spent_micros} of its {usage.limit_micros} micro-USD; the {usage.remaining_micros}
+        left do not pay for another request.
         """ + ("""(Its Tenant status still says `Active`: the operator reports `Exhausted` only
         once nothing at all is left.)""" if usage.remaining_micros else ""))
 

@@ -47,7 +47,7 @@ async def test_every_flow_uses_exactly_the_committed_verbs(
         await cluster.create(TENANTS, tenant("acme", budget={"limitUSD": 1}))
         await eventually(lambda: cluster.status(TENANTS, "acme").get("state"))
         ledger = open_ledger(url)
-        ledger.reserve("acme", "r1", 1000, 10)
+        ledger.reserve("default/acme", "r1", 1000, 10)
         ledger.settle("r1", 1000, 5, 5)
         ledger.close()
         await eventually(lambda: cluster.status(TENANTS, "acme").get("spentUSD") == 0.001)

@@ -31,9 +31,9 @@ pytestmark = pytest.mark.operator
 API_KEY = "fs-live-7c1e9a0b5d2f4e8a9b3c6d1e0f2a4b6c"
 
 
-def tenant(name: str, **spec: Any) -> dict[str, Any]:
+def tenant(name: str, namespace: str = "default", **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "frugalserve.io/v1alpha1", "kind": "Tenant",
-            "metadata": {"name": name, "namespace": "default"},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {"apiKeySecretRef": {"name": f"{name}-key"}, **spec}}
 
 
@@ -60,7 +60,7 @@ async def test_tenant_key_hash_reaches_the_serving_config_and_the_key_nowhere_el
         await cluster.create(TENANTS, tenant("acme", models=["alpha"],
                                              budget={"limitUSD": 5, "period": "daily"}))
         found = await eventually(lambda: gateway_tenants(cluster.get(RAYSERVICES, "alpha")))
-        assert found[0]["name"] == "acme"
+        assert found[0]["name"] == "default/acme"  # the ledger key
         assert found[0]["key_sha256"] == hash_key(API_KEY)
         assert found[0]["limit_micros"] == 5_000_000
         assert cluster.get(RAYSERVICES, "alpha")["metadata"]["uid"] == uid  # patched in place
@@ -96,8 +96,8 @@ async def test_ledger_usage_becomes_tenant_status(
         assert status == "Active"
         ledger = open_ledger(url)
         try:
-            assert ledger.tenants() == ["acme"]  # the operator configured its limits
-            ledger.reserve("acme", "r1", 600_000, 100)
+            assert ledger.tenants() == ["default/acme"]  # the operator configured its limits
+            ledger.reserve("default/acme", "r1", 600_000, 100)
             ledger.settle("r1", 400_000, 30, 70)
             await eventually(lambda: cluster.get(TENANTS, "acme")["status"]["spentUSD"] == 0.4)
             current = cluster.get(TENANTS, "acme")["status"]
@@ -106,10 +106,50 @@ async def test_ledger_usage_becomes_tenant_status(
             assert current["periodStart"].endswith("Z")
             await settle(cluster)
             quiet = len(cluster.operator_writes())
-            ledger.reserve("acme", "r2", 600_000, 100)
+            ledger.reserve("default/acme", "r2", 600_000, 100)
             ledger.settle("r2", 600_000, 10, 10)
             await eventually(lambda: cluster.get(TENANTS, "acme")["status"]["state"]
                              == "Exhausted")
             assert len(cluster.operator_writes()) == quiet + 1  # one status write, no more
+        finally:
+            ledger.close()
+
+
+async def test_same_name_in_two_namespaces_has_two_budgets(
+    cluster: Cluster, operator: OperatorFactory, tmp_path: Path
+) -> None:
+    """The ledger is cluster-wide: Tenants are keyed by namespace/name there, so `team-a` of
+    ns1 and `team-a` of ns2 each have their own limit, usage and status."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    async with operator(ledger_url=url, tenant_interval_s=0.2):
+        for ns, limit, key in (("ns1", 1, API_KEY), ("ns2", 2, API_KEY + "-2")):
+            await cluster.create(SECRETS, secret("team-a-key", key, namespace=ns))
+            await cluster.create(MODELS, {**model("alpha"),
+                                          "metadata": {"name": "alpha", "namespace": ns}})
+            await cluster.create(TENANTS, tenant("team-a", ns, budget={"limitUSD": limit}))
+
+        def status(ns: str) -> dict[str, Any]:
+            return dict((cluster.get(TENANTS, "team-a", ns) or {}).get("status") or {})
+
+        await eventually(lambda: status("ns1").get("state") and status("ns2").get("state"))
+        for ns in ("ns1", "ns2"):  # the gateway reserves under the same key
+            found = await eventually(lambda ns=ns: gateway_tenants(
+                cluster.get(RAYSERVICES, "alpha", ns)))
+            assert [t["name"] for t in found] == [f"{ns}/team-a"]
+        ledger = open_ledger(url)
+        try:
+            assert ledger.tenants() == ["ns1/team-a", "ns2/team-a"]
+            assert ledger.usage("ns1/team-a").limit_micros == 1_000_000
+            assert ledger.usage("ns2/team-a").limit_micros == 2_000_000
+            ledger.reserve("ns1/team-a", "r1", 1_000_000, 100)
+            ledger.settle("r1", 1_000_000, 30, 70)
+            await eventually(lambda: status("ns1").get("state") == "Exhausted")
+            assert status("ns1")["spentUSD"] == 1.0
+            await settle(cluster)
+            untouched = ledger.usage("ns2/team-a")
+            assert (untouched.spent_micros, untouched.remaining_micros) == (0, 2_000_000)
+            assert status("ns2")["state"] == "Active"
+            assert status("ns2")["spentUSD"] == 0
+            assert status("ns2")["remainingUSD"] == 2.0
         finally:
             ledger.close()

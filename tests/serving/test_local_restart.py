@@ -68,11 +68,11 @@ def test_usage_survives_a_restart(tmp_path: Path) -> None:
     port = free_port()
     with frugalserve_serve(tmp_path, port) as url:
         first = ask(url)
-    after_first = usage(tmp_path)["demo"]
+    after_first = usage(tmp_path)["default/demo"]
     assert after_first["tokens_prompt"] + after_first["tokens_completion"] == first
     with frugalserve_serve(tmp_path, port) as url:
         second = ask(url)
-    after_second = usage(tmp_path)["demo"]
+    after_second = usage(tmp_path)["default/demo"]
     assert after_second["tokens_prompt"] + after_second["tokens_completion"] == first + second
     assert after_second["spent_usd"] > after_first["spent_usd"] > 0
     assert after_second["remaining_usd"] < after_first["remaining_usd"] < 0.05

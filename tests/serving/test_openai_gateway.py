@@ -29,7 +29,7 @@ def client(served: Served) -> Iterator[Callable[[str], openai.OpenAI]]:
 
     def get(who: str) -> openai.OpenAI:
         if who not in made:
-            key = served.plan.keys.get(who, "sk-nobody")
+            key = served.plan.keys.get(f"default/{who}", "sk-nobody")
             made[who] = openai.OpenAI(base_url=served.base_url, api_key=key, max_retries=0)
         return made[who]
 
@@ -48,7 +48,7 @@ def settled_usage(served: Served, tenant: str, timeout_s: float = 10.0):  # noqa
 
 def test_chat_and_completion_usage_equal_engine_counts(served: Served, client: Clients) -> None:
     tok = Tokenizer.from_dir(resolve_source("builtin://tiny-dense"))
-    before = served.ledger.usage("alice")
+    before = served.ledger.usage("default/alice")
     c = client("alice")
     chat = c.chat.completions.create(model="dense", messages=CHAT, max_tokens=12)
     assert chat.model == "dense" and chat.choices[0].finish_reason in {"stop", "length"}
@@ -56,7 +56,7 @@ def test_chat_and_completion_usage_equal_engine_counts(served: Served, client: C
     text = c.completions.create(model="dense", prompt="Hello, world!", max_tokens=7)
     assert text.usage.prompt_tokens == len(tok.encode("Hello, world!"))
     assert text.usage.completion_tokens <= 7
-    after = settled_usage(served, "alice")
+    after = settled_usage(served, "default/alice")
     assert after.tokens_prompt - before.tokens_prompt == (
         chat.usage.prompt_tokens + text.usage.prompt_tokens)
     assert after.tokens_completion - before.tokens_completion == (
@@ -75,7 +75,8 @@ def test_streaming_ends_with_usage(served: Served, client: Clients) -> None:
     finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
     if finish == "length":
         assert chunks[-1].usage.completion_tokens == 16
-    settled = [s for s in served.ledger.settlements("alice") if s.request_id == chunks[0].id]
+    settled = [s for s in served.ledger.settlements("default/alice")
+               if s.request_id == chunks[0].id]
     assert settled[0].completion_tokens == chunks[-1].usage.completion_tokens
 
 
@@ -114,14 +115,14 @@ def test_downgrade_to_fallback_then_429(served: Served, client: Clients) -> None
         pytest.fail("the budget never ran out")
     assert seen[0] == ("dense", None)
     assert ("lite", "dense") in seen
-    usage = settled_usage(served, "down")
+    usage = settled_usage(served, "default/down")
     assert usage.spent_micros <= usage.limit_micros
 
 
 async def test_disconnect_mid_stream_is_charged_what_was_received(served: Served) -> None:
-    before = served.ledger.usage("leaver")
+    before = served.ledger.usage("default/leaver")
     body = {"model": "dense", "prompt": "Hello", "max_tokens": 480, "stream": True}
-    headers = {"Authorization": f"Bearer {served.plan.keys['leaver']}"}
+    headers = {"Authorization": f"Bearer {served.plan.keys['default/leaver']}"}
     async with httpx.AsyncClient(base_url=served.base_url, timeout=30) as http:  # noqa: SIM117
         async with http.stream("POST", "/completions", json=body, headers=headers) as r:
             assert r.status_code == 200
@@ -131,7 +132,7 @@ async def test_disconnect_mid_stream_is_charged_what_was_received(served: Served
                 if received == 5:
                     break
     await asyncio.sleep(0.5)
-    usage = await asyncio.to_thread(settled_usage, served, "leaver")
+    usage = await asyncio.to_thread(settled_usage, served, "default/leaver")
     charged = usage.tokens_completion - before.tokens_completion
     assert 5 <= charged < 480, charged
 
@@ -141,7 +142,7 @@ async def burst(target: Served, n: int = 200) -> tuple[int, int]:
     micro-USD of what they were served at dense's prices, from their usage chunks)."""
     body = {"model": "dense", "max_tokens": 20, "stream": True,
             "prompt": "p" * 20, "stream_options": {"include_usage": True}}
-    headers = {"Authorization": f"Bearer {target.plan.keys['burst']}"}
+    headers = {"Authorization": f"Bearer {target.plan.keys['default/burst']}"}
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     async with httpx.AsyncClient(base_url=target.base_url, timeout=120, limits=limits) as http:
 
@@ -160,17 +161,17 @@ async def burst(target: Served, n: int = 200) -> tuple[int, int]:
 
 async def test_burst_of_200_streams_never_overspends(served: Served) -> None:
     served_ok, served_micros = await burst(served)
-    usage = await asyncio.to_thread(settled_usage, served, "burst")
+    usage = await asyncio.to_thread(settled_usage, served, "default/burst")
     assert usage.limit_micros is not None
     assert served_micros == usage.spent_micros <= usage.limit_micros
     assert 10 <= served_ok <= 200
-    assert len(served.ledger.settlements("burst")) == served_ok
+    assert len(served.ledger.settlements("default/burst")) == served_ok
 
 
 async def test_negative_control_check_then_charge_overspends(unsafe: Served) -> None:
     """The same burst against gateways that only check usage before running (no reservation):
     the requests in flight all pass the check, and far more is served than the budget pays for."""
     _, served_micros = await burst(unsafe)
-    limit = (await asyncio.to_thread(settled_usage, unsafe, "burst")).limit_micros
+    limit = (await asyncio.to_thread(settled_usage, unsafe, "default/burst")).limit_micros
     assert limit is not None
     assert served_micros > 2 * limit

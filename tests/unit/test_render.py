@@ -103,7 +103,8 @@ def test_serve_config_is_the_typed_app_config() -> None:
     assert config.ledger_url == "redis://r:6379/0"
     by_name = {d["name"]: d for d in app["deployments"]}
     user = GatewayUserConfig.model_validate(by_name["Gateway"]["user_config"])
-    assert [t.name for t in user.tenants] == ["demo", "demo-lite", "team-chat"]
+    assert [t.name for t in user.tenants] == [
+        "default/demo", "default/demo-lite", "default/team-chat"]
     assert user.prices["assistant"].output_per_million_usd == 6.0
     assert by_name["Model-assistant"]["ray_actor_options"]["num_gpus"] == 0
 
