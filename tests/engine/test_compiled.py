@@ -42,6 +42,23 @@ async def test_compiled_engine_yields_the_eager_tokens(dense_dir: Path) -> None:
 
 
 @torch.inference_mode()
+def test_one_graph_serves_every_cache_length(dense_dir: Path) -> None:
+    """With dynamo's guards evaluated, lengths 2..80 never recompile: the precondition for
+    skipping the guards after the first call (CompiledDecode's default)."""
+    model = swap_linears(load_model(dense_dir), "none", max_batch=1)
+    model.setup_cache(1, 128)
+    step = CompiledDecode(model, check_guards=True)
+    frames_before = dict(torch._dynamo.utils.counters["frames"])
+    prefill(model, [1, 5], 0)
+    token = 7
+    for position in range(1, 80):
+        token = int(step(token, position).argmax())
+    compiled = {k: v - frames_before.get(k, 0)
+                for k, v in torch._dynamo.utils.counters["frames"].items()}
+    assert compiled.get("ok", 0) == 1  # one frame compiled, for the first call only
+
+
+@torch.inference_mode()
 def test_compiled_int8_logits_match_eager_int8(dense_dir: Path) -> None:
     """Teacher-forced decode logits of the compiled int8 step against the eager int8 step
     (which test_quantize bounds against fp32): <= 1% relative L2 error at every step; the
