@@ -159,13 +159,9 @@ class RedisLedger:
         model: str = "",
         price_version: str = "",
     ) -> Reservation:
-        validate.name("tenant", tenant)
-        validate.name("request_id", request_id)
-        validate.amount("cost_max", cost_max, validate.MAX_REQUEST_MICROS)
-        validate.amount("tokens_max", tokens_max, validate.MAX_REQUEST_TOKENS)
-        lease_us = round(validate.lease(lease_s) * 1_000_000)
-        validate.label("model", model)
-        validate.label("price_version", price_version)
+        lease_us = validate.reservation(
+            tenant, request_id, cost_max, tokens_max, lease_s, model, price_version
+        )
         out = self._run(
             "reserve",
             [self._key("tenant", tenant), self._key("req", request_id), self._key("leases")],
@@ -193,10 +189,7 @@ class RedisLedger:
     def settle(
         self, request_id: str, cost_micros: int, prompt_tokens: int, completion_tokens: int
     ) -> Settlement:
-        validate.name("request_id", request_id)
-        validate.amount("cost_micros", cost_micros, validate.MAX_REQUEST_MICROS)
-        validate.amount("prompt_tokens", prompt_tokens, validate.MAX_REQUEST_TOKENS)
-        validate.amount("completion_tokens", completion_tokens, validate.MAX_REQUEST_TOKENS)
+        validate.settlement(request_id, cost_micros, prompt_tokens, completion_tokens)
         out = self._run(
             "settle",
             [self._key("req", request_id)],

@@ -302,13 +302,9 @@ class SQLiteLedger:
         model: str = "",
         price_version: str = "",
     ) -> Reservation:
-        validate.name("tenant", tenant)
-        validate.name("request_id", request_id)
-        validate.amount("cost_max", cost_max, validate.MAX_REQUEST_MICROS)
-        validate.amount("tokens_max", tokens_max, validate.MAX_REQUEST_TOKENS)
-        lease_us = round(validate.lease(lease_s) * 1_000_000)
-        validate.label("model", model)
-        validate.label("price_version", price_version)
+        lease_us = validate.reservation(
+            tenant, request_id, cost_max, tokens_max, lease_s, model, price_version
+        )
         with self._write() as db:
             now = self._now_us()
             t = self._load(db, tenant)
@@ -399,10 +395,7 @@ class SQLiteLedger:
     def settle(
         self, request_id: str, cost_micros: int, prompt_tokens: int, completion_tokens: int
     ) -> Settlement:
-        validate.name("request_id", request_id)
-        validate.amount("cost_micros", cost_micros, validate.MAX_REQUEST_MICROS)
-        validate.amount("prompt_tokens", prompt_tokens, validate.MAX_REQUEST_TOKENS)
-        validate.amount("completion_tokens", completion_tokens, validate.MAX_REQUEST_TOKENS)
+        validate.settlement(request_id, cost_micros, prompt_tokens, completion_tokens)
         with self._write() as db:
             now = self._now_us()
             res = self._reservation(db, request_id)

@@ -76,3 +76,27 @@ def limits(value: object) -> TenantLimits:
     optional_amount("limits.requests_per_minute", value.requests_per_minute, MAX_PER_MINUTE)
     optional_amount("limits.tokens_per_minute", value.tokens_per_minute, MAX_PER_MINUTE)
     return value
+
+
+def reservation(
+    tenant: object, request_id: object, cost_max: object, tokens_max: object, lease_s: object,
+    model: object, price_version: object,
+) -> int:
+    """Every argument of `reserve`; returns the lease in microseconds."""
+    name("tenant", tenant)
+    name("request_id", request_id)
+    amount("cost_max", cost_max, MAX_REQUEST_MICROS)
+    amount("tokens_max", tokens_max, MAX_REQUEST_TOKENS)
+    label("model", model)
+    label("price_version", price_version)
+    return round(lease(lease_s) * 1_000_000)
+
+
+def settlement(
+    request_id: object, cost_micros: object, prompt_tokens: object, completion_tokens: object
+) -> None:
+    """Every argument of `settle`."""
+    name("request_id", request_id)
+    amount("cost_micros", cost_micros, MAX_REQUEST_MICROS)
+    amount("prompt_tokens", prompt_tokens, MAX_REQUEST_TOKENS)
+    amount("completion_tokens", completion_tokens, MAX_REQUEST_TOKENS)
