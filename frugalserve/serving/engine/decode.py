@@ -54,17 +54,20 @@ class CompiledDecode:
     """`decode_step` for a batch of one row in slot 0, compiled on first call.
 
     Same math as the eager step (greedy tokens identical in tests); only the cache length
-    varies between calls and it is traced symbolically, so one graph serves every length
-    (tested with guards on). After the compiling call, dynamo's guards (~0.3 ms a call, most
-    of them on the model's parameters) are skipped unless `check_guards`: the inputs never
-    change kind — token and position [1, 1] int64, slot 0, length <= the cache size — so they
-    would always select that one graph. The frozen graph holds its own packed copy of the
-    weights (prefill stays eager on the originals)."""
+    varies between calls and it is traced symbolically, so one graph serves every length but
+    the full cache's, which runs eagerly (tested with guards on). After the compiling call,
+    dynamo's guards (~0.3 ms a call, most of them on the model's parameters) are skipped
+    unless `check_guards`: the inputs never change kind — token and position [1, 1] int64,
+    slot 0, a length below the cache size — so they would always select that one graph. The
+    frozen graph holds its own packed copy of the weights (prefill stays eager on them)."""
 
     def __init__(self, model: Transformer, check_guards: bool = False) -> None:
         self.model = model
         self.check_guards = check_guards
         self.compile_s: float | None = None  # wall time of the first (compiling) call
+        cache = model.layers[0].attention.kv_cache
+        assert cache is not None, "call Transformer.setup_cache first"
+        self._max_length = cache.k.shape[2] - 1  # a full cache is another graph: eager
         self._slots = torch.zeros(1, dtype=torch.long)  # [1]: slot 0
         _import_freezing_deps()
         self._step = torch.compile(model.run, dynamic=True)
@@ -72,6 +75,8 @@ class CompiledDecode:
     @torch.inference_mode()
     def __call__(self, token_id: int, position: int) -> Tensor:
         """Feed token_id at `position` of slot 0; next-token logits [1, V]."""
+        if position + 1 > self._max_length:  # the last cache entry: never reached by an engine
+            return decode_step(self.model, [token_id], [position], [0])
         tokens = torch.tensor([[token_id]])  # [1, 1]
         batch = Batch(self._slots, torch.tensor([[position]]), (0, 1))  # input_pos [1, 1]
         if self.compile_s is None:
