@@ -58,12 +58,14 @@ def test_one_graph_serves_every_cache_length(dense_dir: Path) -> None:
     assert compiled.get("ok", 0) == 1  # one frame compiled, for the first call only
 
 
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
 @torch.inference_mode()
-def test_compiled_int8_logits_match_eager_int8(dense_dir: Path) -> None:
-    """Teacher-forced decode logits of the compiled int8 step against the eager int8 step
-    (which test_quantize bounds against fp32): <= 1% relative L2 error at every step; the
-    compiled kernel dequantizes inside the GEMM and keeps its fp32 output (no bf16 rounding)."""
-    model = swap_linears(load_model(dense_dir), "int8", max_batch=1)
+def test_compiled_quantized_logits_match_eager(dense_dir: Path, quantization: str) -> None:
+    """Teacher-forced decode logits of the compiled int8 / int4 step against the eager one
+    (which test_quantize bounds against fp32): <= 0.5% relative L2 error at every step
+    (measured <= 0.2%); the compiled kernel dequantizes inside the GEMM and keeps its fp32
+    output (no bf16 rounding)."""
+    model = swap_linears(load_model(dense_dir), quantization, max_batch=1)
     model.setup_cache(1, 128)
     step = CompiledDecode(model)
     prompt = PROMPTS[2]
@@ -72,7 +74,7 @@ def test_compiled_int8_logits_match_eager_int8(dense_dir: Path) -> None:
         pos = len(prompt) + i
         eager = decode_step(model, [tokens[-1]], [pos], [0])  # [1, V]
         compiled = step(tokens[-1], pos)  # rewrites the same cache entry
-        assert float((compiled - eager).norm() / eager.norm()) <= 0.01
+        assert float((compiled - eager).norm() / eager.norm()) <= 0.005
         tokens.append(int(eager.argmax()))
 
 
