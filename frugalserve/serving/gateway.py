@@ -5,7 +5,6 @@ model and settle what it produced. `http.create_app` serves it; `app.Gateway` de
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import threading
@@ -27,6 +26,7 @@ from frugalserve.serving.config import (
     ModelConfig,
     PriceConfig,
     TenantConfig,
+    hash_key,
     ledger_limits,
 )
 from frugalserve.serving.engine import SamplingParams, TokenDelta
@@ -151,7 +151,7 @@ class Gateway:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer KEY'.")
-        digest = hashlib.sha256(key.strip().encode()).hexdigest()
+        digest = hash_key(key.strip())
         found = None
         for tenant in self.tenants:
             if hmac.compare_digest(digest, tenant.key_sha256):
