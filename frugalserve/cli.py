@@ -27,15 +27,15 @@ def tenant_configs(manifests: Manifests) -> list[TenantConfig]:
     """Tenants with their keys hashed from the Secrets of the same files."""
     out, errors = [], []
     for tenant in manifests.tenants:
-        ref = tenant.spec.api_key_secret_ref
-        data = manifests.secrets.get((tenant.metadata.namespace, ref.name), {})
-        if ref.key not in data:
+        key = manifests.api_key(tenant)
+        if key is None:
+            ref = tenant.spec.api_key_secret_ref
             errors.append(
                 f"Tenant/{tenant.metadata.name}: spec.apiKeySecretRef: no key {ref.key!r} in "
                 f"Secret {tenant.metadata.namespace}/{ref.name} of the given files"
             )
             continue
-        out.append(tenant_config(tenant, hash_key(data[ref.key])))
+        out.append(tenant_config(tenant, hash_key(key)))
     if errors:
         raise CliError("\n".join(errors))
     return out

@@ -58,6 +58,11 @@ class Manifests:
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     """(namespace, name) -> decoded Secret data."""
 
+    def api_key(self, tenant: Tenant) -> str | None:
+        """The tenant's API key from a Secret of the same files, if one holds it."""
+        ref = tenant.spec.api_key_secret_ref
+        return self.secrets.get((tenant.metadata.namespace, ref.name), {}).get(ref.key)
+
 
 def load_manifests(*paths: str | Path) -> Manifests:
     """Parse every document of the files; raise one ManifestError listing all problems."""

@@ -72,10 +72,9 @@ def plan(files: list[str], state_dir: Path, *, gateway_replicas: int = 1) -> Loc
     keys, generated, tenants = {}, set(), []
     for t in found.tenants:
         tenant = ledger_tenant(t.metadata.namespace, t.metadata.name)
-        ref = t.spec.api_key_secret_ref
-        secret = found.secrets.get((t.metadata.namespace, ref.name), {})
-        if ref.key in secret:
-            keys[tenant] = secret[ref.key]
+        key = found.api_key(t)
+        if key is not None:
+            keys[tenant] = key
         else:
             keys[tenant] = kept.setdefault(tenant, f"fs-{secrets.token_urlsafe(18)}")
             generated.add(tenant)
