@@ -161,7 +161,7 @@ class Gateway:
         return found
 
     def visible_models(self, tenant: TenantConfig) -> list[str]:
-        return sorted(m for m in self.models if "*" in tenant.models or m in tenant.models)
+        return sorted(m for m in self.models if _may_use(tenant, m))
 
     def _chain(self, model: str) -> list[str]:
         """The model and its fallbacks, in order, without cycles."""
@@ -175,7 +175,7 @@ class Gateway:
         policy is `downgrade`; raise the refusal of the last model tried."""
         if req.model not in self.models:
             raise NotFound(f"The model '{req.model}' does not exist.", param="model")
-        if req.model not in self.visible_models(tenant):
+        if not _may_use(tenant, req.model):
             raise PermissionDenied(
                 f"Tenant '{tenant.name}' may not use model '{req.model}'.", param="model")
         chain = self._chain(req.model)
@@ -350,6 +350,10 @@ class Gateway:
         """Raise Unavailable until tenants are configured."""
         if not self.tenants:
             raise Unavailable("The gateway has no tenants configured yet.")
+
+
+def _may_use(tenant: TenantConfig, model: str) -> bool:
+    return "*" in tenant.models or model in tenant.models
 
 
 def _affordable(usage: Usage, prices: Prices, n_prompt: int, room: int) -> int:
