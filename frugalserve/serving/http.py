@@ -15,13 +15,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
+from frugalserve.pricing.cost import MICROS_PER_USD
 from frugalserve.serving import protocol
 from frugalserve.serving.engine import SamplingParams
 from frugalserve.serving.errors import BodyTooLarge, InvalidRequest, to_api_error
 from frugalserve.serving.gateway import Admission, Gateway
 from frugalserve.serving.protocol import ChatRequest, CompletionRequest
-
-MICROS_PER_USD = 1_000_000
 
 
 def error_response(exc: BaseException) -> JSONResponse:
@@ -137,8 +136,8 @@ async def _complete(gateway: Gateway, request: Request,
 
 def _headers(adm: Admission) -> dict[str, str]:
     out = {"x-frugalserve-request-id": adm.request_id}  # Serve sets its own x-request-id
-    if adm.usage.remaining_micros is not None:
-        out["x-frugalserve-budget-remaining-usd"] = f"{adm.usage.remaining_micros / 1e6:.6f}"
+    if (micros := adm.usage.remaining_micros) is not None:
+        out["x-frugalserve-budget-remaining-usd"] = f"{micros / MICROS_PER_USD:.6f}"
     if adm.usage.remaining_tokens is not None:
         out["x-frugalserve-tokens-remaining"] = str(adm.usage.remaining_tokens)
     if adm.downgraded_from:
