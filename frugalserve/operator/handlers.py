@@ -47,6 +47,16 @@ def by_kwargs(fn: Callable[..., Any]) -> Any:
     return fn
 
 
+def on_spec(group: str, version: str, plural: str, *, id: str,
+            registry: kopf.OperatorRegistry) -> Callable[[Any], Any]:
+    """Register one handler for create, update and resume alike (the spec to reconcile)."""
+    def decorator(fn: Any) -> Any:
+        for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
+            on(group, version, plural, id=id, registry=registry)(fn)
+        return fn
+    return decorator
+
+
 def _by_name(docs: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs}
 
@@ -148,9 +158,7 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
                 raise kopf.TemporaryError(f"RayService {name} changed meanwhile: {exc}",
                                           delay=1) from None
 
-    @kopf.on.resume(*MODELS, id="reconcile", registry=registry)
-    @kopf.on.update(*MODELS, id="reconcile", registry=registry)
-    @kopf.on.create(*MODELS, id="reconcile", registry=registry)
+    @on_spec(*MODELS, id="reconcile", registry=registry)
     @by_kwargs
     async def reconcile_model(body: kopf.Body, namespace: str, name: str, status: kopf.Status,
                               patch: kopf.Patch, models_idx: kopf.Index[str, Any],
@@ -215,9 +223,7 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
             await asyncio.to_thread(ctx.kube.patch_status, "modeldeployments", namespace,
                                     md.metadata.name, delta)
 
-    @kopf.on.resume(*TENANTS, id="tenant", registry=registry)
-    @kopf.on.update(*TENANTS, id="tenant", registry=registry)
-    @kopf.on.create(*TENANTS, id="tenant", registry=registry)
+    @on_spec(*TENANTS, id="tenant", registry=registry)
     @by_kwargs
     async def reconcile_tenant(body: kopf.Body, namespace: str, name: str, status: kopf.Status,
                                patch: kopf.Patch, models_idx: kopf.Index[str, Any],
