@@ -124,6 +124,12 @@ class _Tenant:
             self.start_period(now_us)
             self.spent_micros = self.tokens_prompt = self.tokens_completion = 0
 
+    def unreserve(self, cost_max: int, tokens_max: int) -> None:
+        """Drop one reservation's hold."""
+        self.reserved_micros -= cost_max
+        self.reserved_tokens -= tokens_max
+        self.in_flight -= 1
+
     def used(self) -> tuple[int, int]:
         """Micro-USD and tokens spent or held in the current period."""
         tokens = self.tokens_prompt + self.tokens_completion + self.reserved_tokens
@@ -337,9 +343,7 @@ class SQLiteLedger:
         cost, prompt, completion, clamped = charge
         t = self._load(db, res["tenant"])
         t.roll(now)
-        t.reserved_micros -= res["cost_max"]
-        t.reserved_tokens -= res["tokens_max"]
-        t.in_flight -= 1
+        t.unreserve(res["cost_max"], res["tokens_max"])
         t.spent_micros += cost
         t.tokens_prompt += prompt
         t.tokens_completion += completion
@@ -425,9 +429,7 @@ class SQLiteLedger:
                 self._charge_in_full(db, res, now)
                 return
             t = self._load(db, res["tenant"])
-            t.reserved_micros -= res["cost_max"]
-            t.reserved_tokens -= res["tokens_max"]
-            t.in_flight -= 1
+            t.unreserve(res["cost_max"], res["tokens_max"])
             self._save(db, t)
             db.execute(
                 "UPDATE reservations SET state = 'released' WHERE request_id = ?", (request_id,)
