@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from frugalserve.api.crds import to_yaml
 from frugalserve.api.models import API_VERSION, ModelDeployment
-from frugalserve.pricing.cost import replica_bounds
 from frugalserve.serving.config import (
+    AppConfig,
+    AutoscalingConfig,
     TenantConfig,
     app_config,
     gateway_user_config,
@@ -98,15 +99,15 @@ def owner_reference(md: ModelDeployment) -> dict[str, Any]:
 
 
 def serve_config_v2(
-    md: ModelDeployment,
+    app: AppConfig,
+    models: Sequence[ModelDeployment],
     settings: RenderSettings,
-    fallbacks: Sequence[ModelDeployment] = (),
-    tenants: Sequence[TenantConfig] = (),
+    tenants: Sequence[TenantConfig],
 ) -> str:
-    """The Serve config (YAML text) KubeRay deploys: md and its fallbacks, one gateway."""
-    models = [md, *fallbacks]
-    app = app_config(models, settings.ledger_url, settings.gpu_prices, settings.gateway_replicas)
-    user_config = gateway_user_config(models, tenants_for(models, tenants), settings.gpu_prices)
+    """The Serve config (YAML text) KubeRay deploys: the app's models and one gateway."""
+    user_config = gateway_user_config(
+        list(models), tenants_for(models, tenants), settings.gpu_prices
+    )
     return to_yaml({"applications": [serve_application(app, user_config)]})
 
 
@@ -141,11 +142,11 @@ def _head_group(md: ModelDeployment, image: str) -> dict[str, Any]:
 
 
 def _worker_group(
-    owner: ModelDeployment, md: ModelDeployment, image: str, settings: RenderSettings
+    owner: ModelDeployment, md: ModelDeployment, image: str, scaling: AutoscalingConfig
 ) -> dict[str, Any]:
-    """The worker pods of one model of the app (owner's own model or one of its fallbacks)."""
+    """The worker pods of one model of the app (owner's own model or one of its fallbacks),
+    within the same cost-capped bounds as the model's Serve autoscaling."""
     spec = md.spec
-    bounds = replica_bounds(spec, settings.gpu_prices)
     size: dict[str, Any] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
     limits = dict(size)
     if spec.resources.gpus_per_replica:
@@ -162,9 +163,9 @@ def _worker_group(
     # One worker pod per model replica: the group scales within the cost-capped bounds.
     return {
         "groupName": md.metadata.name,
-        "replicas": bounds.min_replicas,
-        "minReplicas": bounds.min_replicas,
-        "maxReplicas": bounds.max_replicas,
+        "replicas": scaling.min_replicas,
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
         "rayStartParams": {},
         "template": {"metadata": {"labels": labels(owner)}, "spec": pod_spec},
     }
@@ -178,6 +179,9 @@ def render(
 ) -> dict[str, Any]:
     """The RayService for md. Raises CostCeilingError when the ceiling pays for no replica."""
     image = md.spec.ray.image or settings.image
+    models = [md, *fallbacks]
+    app = app_config(models, settings.ledger_url, settings.gpu_prices, settings.gateway_replicas)
+    scaling = {model.name: model.autoscaling for model in app.models}
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
@@ -188,14 +192,15 @@ def render(
             "ownerReferences": [owner_reference(md)],
         },
         "spec": {
-            "serveConfigV2": serve_config_v2(md, settings, fallbacks, tenants),
+            "serveConfigV2": serve_config_v2(app, models, settings, tenants),
             "upgradeStrategy": {"type": md.spec.ray.upgrade_strategy.value},
             "rayClusterConfig": {
                 "rayVersion": md.spec.ray.ray_version,
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": _head_group(md, image),
                 "workerGroupSpecs": [
-                    _worker_group(md, model, image, settings) for model in [md, *fallbacks]
+                    _worker_group(md, model, image, scaling[model.metadata.name])
+                    for model in models
                 ],
             },
         },
