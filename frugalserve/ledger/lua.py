@@ -85,13 +85,18 @@ local function roll(key, now)
   end
 end
 
+-- drop one reservation's hold on its tenant
+local function unreserve(tkey, r)
+  redis.call('HINCRBY', tkey, 'reserved_micros', istr(-tonumber(r.cost_max)))
+  redis.call('HINCRBY', tkey, 'reserved_tokens', istr(-tonumber(r.tokens_max)))
+  redis.call('HINCRBY', tkey, 'in_flight', -1)
+end
+
 -- move a reservation into spent usage and append its settlement event
 local function charge(prefix, req_key, id, r, cost, prompt, completion, now, clamped, expired)
   local tkey = prefix .. 'tenant:' .. r.tenant
   roll(tkey, now)
-  redis.call('HINCRBY', tkey, 'reserved_micros', istr(-tonumber(r.cost_max)))
-  redis.call('HINCRBY', tkey, 'reserved_tokens', istr(-tonumber(r.tokens_max)))
-  redis.call('HINCRBY', tkey, 'in_flight', -1)
+  unreserve(tkey, r)
   redis.call('HINCRBY', tkey, 'spent_micros', istr(cost))
   redis.call('HINCRBY', tkey, 'tokens_prompt', istr(prompt))
   redis.call('HINCRBY', tkey, 'tokens_completion', istr(completion))
@@ -221,10 +226,7 @@ if now >= tonumber(r.expires_us) then
   charge_in_full(ARGV[3], KEYS[1], ARGV[2], r, now)
   return 'expired'
 end
-local tkey = ARGV[3] .. 'tenant:' .. r.tenant
-redis.call('HINCRBY', tkey, 'reserved_micros', istr(-tonumber(r.cost_max)))
-redis.call('HINCRBY', tkey, 'reserved_tokens', istr(-tonumber(r.tokens_max)))
-redis.call('HINCRBY', tkey, 'in_flight', -1)
+unreserve(ARGV[3] .. 'tenant:' .. r.tenant, r)
 redis.call('HSET', KEYS[1], 'state', 'released')
 redis.call('ZREM', ARGV[3] .. 'leases', ARGV[2])
 return 'released'
