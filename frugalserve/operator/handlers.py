@@ -33,7 +33,7 @@ from frugalserve.operator.reconcile import (
 )
 from frugalserve.operator.render import MANAGED_BY, MODEL_LABEL, FallbackError
 from frugalserve.pricing.cost import CostCeilingError, replica_bounds
-from frugalserve.serving.config import ledger_limits, tenant_config
+from frugalserve.serving.config import TenantConfig, ledger_limits, tenant_config
 
 MODELS = (GROUP, VERSION, "modeldeployments")
 TENANTS = (GROUP, VERSION, "tenants")
@@ -138,15 +138,19 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
                         ) -> dict[Any, Any]:
         return {(namespace, labels[MODEL_LABEL]): snapshot(body)}
 
-    async def reapply(namespace: str, names: Iterable[str], models: kopf.Index[str, Any],
-                      tenants: kopf.Index[str, Any], rayservices: kopf.Index[Any, Any]) -> None:
-        """Re-render the named ModelDeployments' RayServices after a Tenant or fallback change
-        (each writes only if its render changed; a broken one is left to its own handler)."""
+    async def configs_in(namespace: str, tenants: kopf.Index[str, Any]) -> list[TenantConfig]:
+        """The gateway's view of the namespace's Tenants (a Secret read on first sight)."""
+        return await asyncio.to_thread(tenant_configs, ctx.kube, ctx.hashes,
+                                       list(tenants.get(namespace, [])))
+
+    async def reapply(namespace: str, names: Iterable[str] | None, configs: list[TenantConfig],
+                      models: kopf.Index[str, Any], rayservices: kopf.Index[Any, Any]) -> None:
+        """Re-render the named ModelDeployments' RayServices (None: all of the namespace) after
+        a Tenant or fallback change (each writes only if its render changed; a broken one is
+        left to its own handler)."""
         docs = _by_name(models.get(namespace, []))
-        configs = await asyncio.to_thread(tenant_configs, ctx.kube, ctx.hashes,
-                                          list(tenants.get(namespace, [])))
         lazy = LazyModels(docs)
-        for name in sorted(set(names) & set(docs)):
+        for name in sorted(set(docs) if names is None else set(names) & set(docs)):
             try:
                 desired = desired_rayservice(lazy[name], lazy, configs, ctx.render_settings)
             except (FallbackError, CostCeilingError):
@@ -173,8 +177,7 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
             _invalid(ctx, body, patch, exc.errors)
         except CostCeilingError as exc:
             _invalid(ctx, body, patch, [str(exc)])
-        configs = await asyncio.to_thread(tenant_configs, ctx.kube, ctx.hashes,
-                                          list(tenants_idx.get(namespace, [])))
+        configs = await configs_in(namespace, tenants_idx)
         try:
             desired = desired_rayservice(md, LazyModels(docs), configs, ctx.render_settings)
         except FallbackError as exc:
@@ -192,7 +195,7 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
             observed_generation=body.metadata.get("generation"), previous=status, now=ctx.now()))
         users = dependents(name, docs)
         if users and written is not None:
-            await reapply(namespace, users, models_idx, tenants_idx, rayservices_idx)
+            await reapply(namespace, users, configs, models_idx, rayservices_idx)
 
     @kopf.on.event(*RAYSERVICES, id="rayservice-status", labels={MODEL_LABEL: kopf.PRESENT},
                    registry=registry)
@@ -249,8 +252,8 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
             config = tenant_config(tenant, digest)  # its name is the ledger key
             await asyncio.to_thread(ctx.ledger.configure_tenant, config.name,
                                     ledger_limits(config))
-        names = [doc["metadata"]["name"] for doc in models_idx.get(namespace, [])]
-        await reapply(namespace, names, models_idx, tenants_idx, rayservices_idx)
+        await reapply(namespace, None, await configs_in(namespace, tenants_idx), models_idx,
+                      rayservices_idx)
 
     @kopf.on.event(*TENANTS, id="tenant-deleted", registry=registry)
     @by_kwargs
@@ -259,7 +262,7 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
                              rayservices_idx: kopf.Index[Any, Any], **_: Any) -> None:
         """Drop a deleted Tenant from the Serve configs of its namespace."""
         if type == "DELETED":
-            names = [doc["metadata"]["name"] for doc in models_idx.get(namespace, [])]
-            await reapply(namespace, names, models_idx, tenants_idx, rayservices_idx)
+            await reapply(namespace, None, await configs_in(namespace, tenants_idx), models_idx,
+                          rayservices_idx)
 
     return registry
