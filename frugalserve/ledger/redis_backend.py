@@ -248,6 +248,7 @@ class RedisLedger:
         since_us = 0 if since is None else round(since.timestamp() * 1_000_000)
         # Stream ids carry the server's real clock: at most our offset (plus slack) behind `at`.
         start_ms = max(0, (since_us - round(self.time_offset_s * 1e6)) // 1000 - 1000)
+        since_at = utc(since_us)
         out: list[Settlement] = []
         cursor = f"{start_ms}-0"
         while True:
@@ -257,7 +258,7 @@ class RedisLedger:
             )
             for _, fields in batch:
                 record = _settlement({_s(k): _s(v) for k, v in fields.items()})
-                if record.at >= utc(since_us) and tenant in (None, record.tenant):
+                if record.at >= since_at and tenant in (None, record.tenant):
                     out.append(record)
             if len(batch) < 1000:
                 return out
