@@ -78,3 +78,8 @@ def clamp(
     prompt = min(prompt, tokens_max)
     completion = min(completion, tokens_max - prompt)
     return cost, prompt, completion, clamped
+
+
+def remaining(limit: int | None, used: int) -> int | None:
+    """What is left of a limit (never negative); None when the limit is unset."""
+    return None if limit is None else max(0, limit - used)

@@ -12,6 +12,7 @@ import redis
 
 from . import lua, validate
 from .periods import utc
+from .protocol import remaining
 from .types import (
     BudgetExceeded,
     DuplicateRequest,
@@ -87,8 +88,8 @@ def _usage(tenant: str, h: dict[str, str]) -> Usage:
         reserved_tokens=int(h["reserved_tokens"]),
         limit_micros=limit_micros,
         limit_tokens=limit_tokens,
-        remaining_micros=None if limit_micros is None else max(0, limit_micros - spent - reserved),
-        remaining_tokens=None if limit_tokens is None else max(0, limit_tokens - tokens),
+        remaining_micros=remaining(limit_micros, spent + reserved),
+        remaining_tokens=remaining(limit_tokens, tokens),
         period_start=utc(int(h["period_start_us"])),
         period_end=None if end == "" else utc(int(end)),
         in_flight=int(h["in_flight"]),

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from . import validate
 from .periods import period_bounds, utc
-from .protocol import clamp
+from .protocol import clamp, remaining
 from .types import (
     BudgetExceeded,
     DuplicateRequest,
@@ -137,10 +137,7 @@ class _Tenant:
 
     def remaining(self) -> tuple[int | None, int | None]:
         micros, tokens = self.used()
-        return (
-            None if self.limit_micros is None else max(0, self.limit_micros - micros),
-            None if self.limit_tokens is None else max(0, self.limit_tokens - tokens),
-        )
+        return remaining(self.limit_micros, micros), remaining(self.limit_tokens, tokens)
 
     def check_budget(self, cost_max: int, tokens_max: int) -> None:
         """Refuse unless used + wanted <= limit, for each limit that is set."""
