@@ -17,6 +17,7 @@ from ray.serve.schema import ReplicaState
 from frugalserve.ledger import open_ledger
 from frugalserve.serving.clients import HandleClient, load_tokenizer
 from frugalserve.serving.config import (
+    GATEWAY_CPUS,
     GATEWAY_DEPLOYMENT,
     AppConfig,
     GatewayUserConfig,
@@ -24,7 +25,6 @@ from frugalserve.serving.config import (
 )
 from frugalserve.serving.gateway import ExpirySweeper, Gateway
 from frugalserve.serving.http import create_app
-from frugalserve.serving.local import GATEWAY_CPUS
 from frugalserve.serving.metrics import Metrics
 from frugalserve.serving.model_server import ModelServer
 
@@ -104,7 +104,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     gateway = GatewayServer.options(  # type: ignore[attr-defined]  # serve.deployment wraps it
         name=GATEWAY_DEPLOYMENT,
         num_replicas=config.gateway_replicas,
-        ray_actor_options={"num_cpus": GATEWAY_CPUS},  # what local mode sizes Ray for
+        ray_actor_options={"num_cpus": GATEWAY_CPUS},
         max_ongoing_requests=1000,
     )
     return gateway.bind(config.model_dump(mode="json"), models)

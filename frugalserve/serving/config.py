@@ -28,6 +28,8 @@ from frugalserve.pricing.cost import ReplicaBounds, gpu_hour_usd, replica_bounds
 
 APP_IMPORT_PATH = "frugalserve.serving.app:build_app"
 GATEWAY_DEPLOYMENT = "Gateway"
+GATEWAY_CPUS = 0.25
+"""Logical CPUs of one gateway replica (it only routes and admits; the models do the work)."""
 
 
 class Config(BaseModel):

@@ -19,6 +19,7 @@ from typing import Any
 from frugalserve.api.manifests import load_manifests
 from frugalserve.ledger import open_ledger
 from frugalserve.serving.config import (
+    GATEWAY_CPUS,
     GATEWAY_DEPLOYMENT,
     AppConfig,
     GatewayUserConfig,
@@ -32,7 +33,6 @@ from frugalserve.serving.config import (
 
 APP_NAME = "frugalserve"
 DEFAULT_STATE_DIR = Path(os.environ.get("FRUGALSERVE_STATE_DIR", "~/.frugalserve")).expanduser()
-GATEWAY_CPUS = 0.25
 
 
 @dataclass(frozen=True)
