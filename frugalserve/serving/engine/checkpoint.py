@@ -7,6 +7,7 @@ that both this loader and `transformers` read.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -230,11 +231,14 @@ def _expert_names(moe: MoeArgs, hf: str, ff: str,
     fused = hf + "mlp.experts.gate_up_proj" in reader
     gate = hf + ("mlp.gate.weight" if fused else "block_sparse_moe.gate.weight")
     yield ff + "gate.weight", lambda: reader.get(gate)
+    # fused [E, ...] tensors are read once per layer, not once per expert
+    gate_up = functools.cache(lambda: reader.get(hf + "mlp.experts.gate_up_proj"))
+    down = functools.cache(lambda: reader.get(hf + "mlp.experts.down_proj"))
     for e in range(moe.num_experts):
         ours = f"{ff}experts.{e}."
         if fused:
-            yield ours + "w13.weight", lambda e=e: reader.get(hf + "mlp.experts.gate_up_proj")[e]
-            yield ours + "w2.weight", lambda e=e: reader.get(hf + "mlp.experts.down_proj")[e]
+            yield ours + "w13.weight", lambda e=e: gate_up()[e]
+            yield ours + "w2.weight", lambda e=e: down()[e]
         else:
             x = f"{hf}block_sparse_moe.experts.{e}."
             yield ours + "w13.weight", lambda x=x: torch.cat(
