@@ -31,7 +31,20 @@ class TransposedLinear(nn.Module):
         return x @ self.weight_t
 
 
-class Int8Linear(nn.Module):
+class _Bf16KernelLinear(nn.Module):
+    """Shared forward of the quantized layouts: their CPU kernels (`_mm`, [N, in] bf16 ->
+    [N, out]) take bf16 activations, so x [..., in] is cast to bf16 and the result back."""
+
+    def _mm(self, x2: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        y = self._mm(x.reshape(-1, shape[-1]).to(torch.bfloat16))  # [..., in] -> [N, out]
+        return y.to(x.dtype).view(*shape[:-1], -1)  # [N, out] -> [..., out]
+
+
+class Int8Linear(_Bf16KernelLinear):
     """int8 weights [out, in], per-output-channel scales; dequant fused in `_weight_int8pack_mm`.
 
     The kernel is fast with bf16 activations (fp32 ones are ~15x slower on CPU), so activations
@@ -46,14 +59,11 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", q)
         self.register_buffer("scales", scales.to(torch.bfloat16))
 
-    def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # [..., in] -> [N, in]
-        y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)  # [N, out]
-        return y.to(x.dtype).view(*shape[:-1], -1)  # [N, out] -> [..., out]
+    def _mm(self, x2: Tensor) -> Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_Bf16KernelLinear):
     """4-bit weights, groups of `group_size` inputs each with scale and zero (gpt-fast scheme);
     dequant fused in `_weight_int4pack_mm_for_cpu` (bf16 activations)."""
 
@@ -75,12 +85,9 @@ class Int4Linear(nn.Module):
         scales_zeros = torch.cat([scale, zero], dim=-1).transpose(0, 1)  # [out,G,2] -> [G,out,2]
         self.register_buffer("scales_zeros", scales_zeros.contiguous().to(torch.bfloat16))
 
-    def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # [..., in] -> [N, in]
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size,
-                                                       self.scales_zeros)  # [N, out]
-        return y.to(x.dtype).view(*shape[:-1], -1)  # [N, out] -> [..., out]
+    def _mm(self, x2: Tensor) -> Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size,
+                                                          self.scales_zeros)
 
 
 class PackedLinear(nn.Module):
