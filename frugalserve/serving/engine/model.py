@@ -215,8 +215,9 @@ class MoeFeedForward(nn.Module):
         probs = F.softmax(self.gate(flat).float(), dim=-1)  # [N, E]
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [N, K]: softmax over the chosen
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
-        order = torch.argsort(chosen.flatten(), stable=True)  # [N*K] assignments by expert
-        counts = torch.bincount(chosen.flatten(), minlength=len(self.experts))  # [E]
+        assignments = chosen.flatten()  # [N*K] expert of each (token, choice)
+        order = torch.argsort(assignments, stable=True)  # [N*K] assignments by expert
+        counts = torch.bincount(assignments, minlength=len(self.experts))  # [E]
         self.routed_tokens += counts
         token_idx = order // self.top_k  # [N*K] token of each sorted assignment
         sorted_weights = weights.flatten()[order, None]  # [N*K, 1]
