@@ -79,14 +79,12 @@ class CompiledDecode:
             return decode_step(self.model, [token_id], [position], [0])
         tokens = torch.tensor([[token_id]])  # [1, 1]
         batch = Batch(self._slots, torch.tensor([[position]]), (0, 1))  # input_pos [1, 1]
-        if self.compile_s is None:
-            start = time.perf_counter()
-            with torch._inductor.config.patch(COMPILE_OPTIONS):
-                logits = self._step(tokens, batch, position + 1, None)  # [1, 1, V]
+        compiling = self.compile_s is None
+        skip = not (compiling or self.check_guards)  # guards run on the compiling call
+        start = time.perf_counter()
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=skip), \
+                torch._inductor.config.patch(COMPILE_OPTIONS):  # also in case guards recompile
+            logits = self._step(tokens, batch, position + 1, None)  # [1, 1, V]
+        if compiling:
             self.compile_s = time.perf_counter() - start
-        else:
-            skip = not self.check_guards
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=skip), \
-                    torch._inductor.config.patch(COMPILE_OPTIONS):  # in case guards recompile
-                logits = self._step(tokens, batch, position + 1, None)
         return logits[:, 0]  # [1, 1, V] -> [1, V]
