@@ -71,9 +71,6 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size())
 
-    def token_id(self, text: str) -> int | None:
-        return self._tok.token_to_id(text)
-
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
