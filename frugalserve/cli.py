@@ -89,6 +89,7 @@ def cmd_operator(args: argparse.Namespace) -> None:
         "image": args.image,
         "cost_interval_s": args.cost_interval,
         "tenant_interval_s": args.tenant_interval,
+        "key_interval_s": args.key_interval,
     }
     try:
         settings = OperatorSettings.from_env(os.environ, flags)
@@ -154,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     op_p.add_argument("--image", help="Default serving image.")
     op_p.add_argument("--cost-interval", type=float, help="Seconds between live cost updates.")
     op_p.add_argument("--tenant-interval", type=float, help="Seconds between Tenant updates.")
+    op_p.add_argument("--key-interval", type=float,
+                      help="Seconds between reads of Tenants' API key Secrets (rotation).")
     op_p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                       help="kopf's liveness endpoint (default: http://0.0.0.0:8080/healthz).")
     op_p.set_defaults(func=cmd_operator)

@@ -107,12 +107,27 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     @by_kwargs
     async def start_periodic(models_idx: kopf.Index[str, Any], tenants_idx: kopf.Index[str, Any],
-                             **_: Any) -> None:
-        """The live cost and tenant usage loops, over the indexes kopf keeps current."""
-        loops.append(asyncio.create_task(periodic.every(
-            settings.cost_interval_s, lambda: _all(models_idx), periodic.cost_tick, ctx)))
-        loops.append(asyncio.create_task(periodic.every(
-            settings.tenant_interval_s, lambda: _all(tenants_idx), periodic.tenant_tick, ctx)))
+                             rayservices_idx: kopf.Index[Any, Any], **_: Any) -> None:
+        """The live cost, tenant usage and key rotation loops, over the indexes kopf keeps
+        current."""
+        stale: set[str] = set()  # namespaces whose Serve configs still miss a key change
+
+        async def cost() -> None:
+            await asyncio.to_thread(periodic.cost_tick, ctx, _all(models_idx))
+
+        async def usage() -> None:
+            await asyncio.to_thread(periodic.tenant_tick, ctx, _all(tenants_idx))
+
+        async def keys() -> None:
+            stale.update(await asyncio.to_thread(periodic.key_tick, ctx, _all(tenants_idx)))
+            for namespace in sorted(stale):
+                await reapply(namespace, None, await configs_in(namespace, tenants_idx),
+                              models_idx, rayservices_idx)
+                stale.discard(namespace)
+
+        loops.extend(asyncio.create_task(periodic.every(interval, job)) for interval, job in (
+            (settings.cost_interval_s, cost), (settings.tenant_interval_s, usage),
+            (settings.key_interval_s, keys)))
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
@@ -240,9 +255,7 @@ def register(ctx: Context) -> kopf.OperatorRegistry:
             _invalid(ctx, body, patch, exc.errors)
         digest = await asyncio.to_thread(ctx.hashes.refresh, ctx.kube, tenant)
         ref = tenant.spec.api_key_secret_ref
-        key_ok = st.condition("Ready", True, "KeyResolved") if digest else st.condition(
-            "Ready", False, "SecretMissing", f"spec.apiKeySecretRef: no key {ref.key!r} in "
-            f"Secret {namespace}/{ref.name}")
+        key_ok = st.key_condition(digest is not None, namespace, ref.name, ref.key)
         _set_status(patch, status, {"conditions": st.merge_conditions(
             status.get("conditions") or [],
             [st.condition("Valid", True, "SpecValid"), key_ok], ctx.now())})

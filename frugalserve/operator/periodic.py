@@ -1,12 +1,13 @@
-"""The operator's two periodic jobs, one loop each for all objects (not per-object kopf timers,
-which would force a finalizer onto every object): live cost into ModelDeployment.status and
-the ledger's usage into Tenant.status. Each tick runs in a thread and writes only changes."""
+"""The operator's periodic jobs, one loop each for all objects (not per-object kopf timers,
+which would force a finalizer onto every object): live cost into ModelDeployment.status, the
+ledger's usage into Tenant.status, and Tenants' API key Secrets read again so that a rotated
+or revoked key reaches the gateways. Each tick runs in a thread and writes only changes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from frugalserve.api.manifests import ManifestError
@@ -64,13 +65,37 @@ def tenant_tick(ctx: Context, docs: Docs) -> None:
             ctx.kube.patch_status("tenants", *_key(doc), delta)
 
 
-async def every(interval_s: float, snapshot: Callable[[], Docs],
-                tick: Callable[[Context, Docs], None], ctx: Context) -> None:
-    """Run tick(ctx, snapshot()) in a thread every interval until cancelled; a failing tick
-    is logged and the next one runs on schedule."""
+def key_tick(ctx: Context, docs: Docs) -> set[str]:
+    """Read every valid Tenant's API key Secret again; where the key changed (rotated, revoked
+    or restored) set the Tenant's Ready condition. Returns the namespaces whose Serve configs
+    must be rendered again (blocking)."""
+    stale = set()
+    for doc in sorted(docs, key=_key):
+        try:
+            tenant = parse_tenant(doc)
+        except ManifestError:
+            continue
+        if not ctx.hashes.reread(ctx.kube, tenant):
+            continue
+        namespace, name = _key(doc)
+        stale.add(namespace)
+        ref, previous = tenant.spec.api_key_secret_ref, doc.get("status") or {}
+        resolved = ctx.hashes.get(ctx.kube, tenant) is not None
+        conditions = st.merge_conditions(
+            previous.get("conditions") or [],
+            [st.key_condition(resolved, namespace, ref.name, ref.key)], ctx.now())
+        delta = st.changed(previous, {"conditions": conditions})
+        if delta:
+            ctx.kube.patch_status("tenants", namespace, name, delta)
+    return stale
+
+
+async def every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+    """Await job() every interval until cancelled; a failing job is logged and the next one
+    runs on schedule."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await asyncio.to_thread(tick, ctx, snapshot())
+            await job()
         except Exception:
-            logger.exception("periodic %s failed", tick.__name__)
+            logger.exception("periodic job %s failed", job.__name__)

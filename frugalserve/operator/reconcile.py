@@ -70,6 +70,16 @@ class KeyHashes:
         self._hashes[(tenant.metadata.namespace, ref.name, ref.key)] = digest
         return digest
 
+    def reread(self, kube: Kube, tenant: Tenant) -> bool:
+        """Read a Secret seen before again (blocking): True when its hash changed (a rotated,
+        revoked or restored key). A Secret never seen is left to the Tenant's handler."""
+        ref = tenant.spec.api_key_secret_ref
+        where = (tenant.metadata.namespace, ref.name, ref.key)
+        if where not in self._hashes:
+            return False
+        before = self._hashes[where]
+        return self.refresh(kube, tenant) != before
+
     def get(self, kube: Kube, tenant: Tenant) -> str | None:
         """The cached hash, read once (blocking) when never seen."""
         ref = tenant.spec.api_key_secret_ref

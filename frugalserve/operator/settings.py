@@ -49,6 +49,10 @@ class OperatorSettings(BaseModel):
     cost_interval_s: float = Field(default=15.0, gt=0, description="Cost timer period.")
     cost_window_s: int = Field(default=120, ge=1, description="Trailing window of the rates.")
     tenant_interval_s: float = Field(default=5.0, gt=0, description="Tenant status timer period.")
+    key_interval_s: float = Field(
+        default=60.0, gt=0,
+        description="How often Tenants' API key Secrets are read again (rotation, revocation).",
+    )
     http_timeout_s: float = Field(default=5.0, gt=0, description="Metrics HTTP request timeout.")
 
     @field_validator("namespaces", mode="before")

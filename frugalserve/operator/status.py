@@ -26,6 +26,14 @@ def condition(type_: str, ok: bool, reason: str, message: str = "") -> dict[str,
             "message": message}
 
 
+def key_condition(resolved: bool, namespace: str, secret: str, key: str) -> dict[str, Any]:
+    """A Tenant's Ready condition: whether its API key Secret resolves."""
+    if resolved:
+        return condition("Ready", True, "KeyResolved")
+    return condition("Ready", False, "SecretMissing",
+                     f"spec.apiKeySecretRef: no key {key!r} in Secret {namespace}/{secret}")
+
+
 def merge_conditions(
     previous: Sequence[Mapping[str, Any]], updates: Sequence[dict[str, Any]], now: str
 ) -> list[dict[str, Any]]:

@@ -149,7 +149,8 @@ def test_operator_settings_from_the_all_values_deployment(
     assert settings.prometheus_url == values["prometheus"]["url"]
     assert settings.metrics_url_template == values["operator"]["metricsUrlTemplate"]
     assert (settings.gateway_replicas, settings.cost_interval_s, settings.cost_window_s,
-            settings.tenant_interval_s, settings.http_timeout_s) == (3, 30, 300, 10, 2.5)
+            settings.tenant_interval_s, settings.key_interval_s, settings.http_timeout_s
+            ) == (3, 30, 300, 10, 120, 2.5)
     redis = release("all-values").one("StatefulSet")["metadata"]["name"]
     ledger = f"redis://:secret-from-my-redis@{redis}.{NAMESPACE}.svc:6379/0"
     assert (settings.ledger_url, settings.serving_ledger_url) == (ledger, ledger)

@@ -153,3 +153,52 @@ async def test_same_name_in_two_namespaces_has_two_budgets(
             assert status("ns2")["remainingUSD"] == 2.0
         finally:
             ledger.close()
+
+
+def ready(cluster: Cluster, name: str) -> dict[str, Any]:
+    conditions = ((cluster.get(TENANTS, name) or {}).get("status") or {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "Ready"), {})
+
+
+async def test_a_rotated_key_reaches_the_gateway_and_a_deleted_one_is_revoked(
+    cluster: Cluster, operator: OperatorFactory
+) -> None:
+    """The key timer reads the Secrets again: rotation swaps the hash in place, deletion takes
+    the tenant out of the gateway's config (Ready=False) and restoring it brings it back."""
+    new_key = API_KEY + "-rotated"
+
+    def hashes() -> list[str]:
+        return [t["key_sha256"] for t in gateway_tenants(cluster.get(RAYSERVICES, "alpha"))]
+
+    async with operator(key_interval_s=0.2):
+        await cluster.create(SECRETS, secret("acme-key", API_KEY))
+        await cluster.create(MODELS, model("alpha"))
+        await cluster.create(TENANTS, tenant("acme", models=["alpha"]))
+        await eventually(lambda: hashes() == [hash_key(API_KEY)])
+        uid = cluster.get(RAYSERVICES, "alpha")["metadata"]["uid"]
+        await cluster.patch(SECRETS, "default", "acme-key", secret("acme-key", new_key))
+        await eventually(lambda: hashes() == [hash_key(new_key)])
+        assert cluster.get(RAYSERVICES, "alpha")["metadata"]["uid"] == uid  # patched in place
+        await cluster.delete(SECRETS, "default", "acme-key")
+        await eventually(lambda: hashes() == [])
+        revoked = await eventually(lambda: ready(cluster, "acme").get("status") == "False"
+                                   and ready(cluster, "acme"))
+        assert revoked["reason"] == "SecretMissing" and "acme-key" in revoked["message"]
+        await cluster.create(SECRETS, secret("acme-key", new_key))
+        await eventually(lambda: hashes() == [hash_key(new_key)])
+        await eventually(lambda: ready(cluster, "acme").get("reason") == "KeyResolved")
+
+
+async def test_without_the_key_timer_a_rotation_is_not_seen(
+    cluster: Cluster, operator: OperatorFactory
+) -> None:
+    """Negative control of the test above: the timer (not some other path) picks it up."""
+    async with operator(key_interval_s=3600):
+        await cluster.create(SECRETS, secret("acme-key", API_KEY))
+        await cluster.create(MODELS, model("alpha"))
+        await cluster.create(TENANTS, tenant("acme", models=["alpha"]))
+        await eventually(lambda: gateway_tenants(cluster.get(RAYSERVICES, "alpha")))
+        await cluster.patch(SECRETS, "default", "acme-key", secret("acme-key", API_KEY + "-x"))
+        await settle(cluster, quiet=1.5)
+        found = gateway_tenants(cluster.get(RAYSERVICES, "alpha"))
+        assert [t["key_sha256"] for t in found] == [hash_key(API_KEY)]
