@@ -1,5 +1,6 @@
-"""Shared fixtures of the engine tests: tiny seeded checkpoints written once per session, and
-helpers that decode greedily with our functions and with transformers on the same files."""
+"""Shared fixtures of the engine tests: tiny seeded checkpoints written once per session, the
+`device` every equivalence test runs on (cpu; cuda too where torch sees a GPU), and helpers
+that decode greedily with our functions and with transformers on the same files."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ from frugalserve.serving.engine.model import ModelArgs, Transformer
 from frugalserve.serving.engine.quantize import swap_linears
 
 PROMPTS = [[1, 17, 42, 99, 5], [1, 300], [1, *range(100, 160)], [1, 7, 7, 7, 7, 7, 7, 7, 7, 250]]
+DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU")])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +37,10 @@ def moe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def load_ours(path: Path, max_batch: int = 4, max_seq: int = 256,
-              layout: int | None = None) -> Transformer:
+              layout: int | None = None, device: str = "cpu") -> Transformer:
     """Our model with nn.Linear weights, or with the fp inference layout an engine of
-    `layout` slots uses (1: pre-transposed, more: oneDNN-packed)."""
-    model = load_model(path, torch.float32)
+    `layout` slots uses (CPU: 1 pre-transposed, more oneDNN-packed; GPU: nn.Linear)."""
+    model = load_model(path, torch.float32, device)
     if layout is not None:
         swap_linears(model, "none", max_batch=layout)
     model.setup_cache(max_batch, max_seq)
@@ -50,6 +59,6 @@ def greedy(model: Transformer, prompt: list[int], n: int, slot: int = 0) -> list
 def hf_greedy(hf_model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
     """n greedy tokens from transformers.generate (EOS disabled so lengths match)."""
     with torch.no_grad():
-        ids = hf_model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-                                eos_token_id=None, pad_token_id=0)
+        ids = hf_model.generate(torch.tensor([prompt], device=hf_model.device), max_new_tokens=n,
+                                do_sample=False, eos_token_id=None, pad_token_id=0)
     return ids[0, len(prompt):].tolist()

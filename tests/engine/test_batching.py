@@ -47,10 +47,10 @@ def tokens(deltas: list[TokenDelta]) -> list[int]:
 @pytest.mark.parametrize("layout", [None, 16], ids=["linear", "packed"])
 @pytest.mark.parametrize("kind", ["dense_dir", "moe_dir"])
 @pytest.mark.parametrize("params", [{}, {"temperature": 0.9, "top_p": 0.9, "seed": 3}])
-def test_staggered_batch_equals_solo(kind: str, params: dict, layout: int | None,
+def test_staggered_batch_equals_solo(kind: str, params: dict, layout: int | None, device: str,
                                      request: pytest.FixtureRequest) -> None:
     """5 requests in 4 slots (one waits for a free slot), joining at steps 0, 3, 5 and 9."""
-    model = load_ours(request.getfixturevalue(kind), layout=layout)
+    model = load_ours(request.getfixturevalue(kind), layout=layout, device=device)
     batched = run(model, ARRIVALS, params)
     for i, arrival in enumerate(ARRIVALS):
         solo = run(model, [(0, *arrival[1:])], params)["r0"]
@@ -61,11 +61,11 @@ def test_staggered_batch_equals_solo(kind: str, params: dict, layout: int | None
         assert last.prompt_tokens == len(arrival[1])
 
 
-def test_staggered_batch_detects_crosstalk(dense_dir: Path,
+def test_staggered_batch_detects_crosstalk(dense_dir: Path, device: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Negative control: without the per-row attention mask, rows at different positions read
     each other's (or stale) cache entries and the batched tokens differ from solo."""
-    model = load_ours(dense_dir)
+    model = load_ours(dense_dir, device=device)
     solo = [tokens(run(model, [(0, *a[1:])])["r0"]) for a in ARRIVALS]
     monkeypatch.setattr(model_module, "attention_mask", lambda pos, length: None)
     batched = run(model, ARRIVALS)

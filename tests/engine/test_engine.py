@@ -16,10 +16,10 @@ pytestmark = pytest.mark.engine
 
 
 @pytest.fixture
-async def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+async def engine(tmp_path_factory: pytest.TempPathFactory, device: str) -> Engine:
     cache = tmp_path_factory.getbasetemp() / "builtin-cache"
     eng = Engine.from_source("builtin://tiny-moe", cache_dir=cache, max_batch_size=4,
-                             num_threads=1)
+                             num_threads=1, device=device)
     yield eng
     await eng.close()
 
@@ -118,7 +118,7 @@ async def test_moe_stats_count_every_routed_token(engine: Engine) -> None:
     before = engine.stats()["moe"]["expert_tokens"]
     deltas = await collect(engine, [1, 2 + 40, 3 + 50], SamplingParams(max_tokens=10))
     stats = engine.stats()
-    assert stats["architecture"] == "moe"
+    assert (stats["architecture"], stats["device"]) == ("moe", str(engine.model.device))
     moe = stats["moe"]
     n_tokens = 3 + deltas[-1].completion_tokens - 1  # the last sampled token is never fed
     for layer_before, layer_after in zip(before, moe["expert_tokens"], strict=True):

@@ -45,6 +45,34 @@ def same_weights(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_weights_and_buffers_load_onto_the_device(moe_dir: Path, device: str) -> None:
+    """Every parameter and buffer (rope tables, expert counters, the KV cache) lands on the
+    device, with the values the CPU load gives."""
+    model = load_model(moe_dir, device=device)
+    model.setup_cache(2, 64)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert {t.device.type for t in tensors.values()} == {torch.device(device).type}
+    cpu = load_model(moe_dir)
+    cpu_tensors = dict(cpu.named_parameters()) | dict(cpu.named_buffers())
+    assert all(torch.equal(cpu_tensors[k], tensors[k].cpu()) for k in cpu_tensors)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"device": "tpu"}, r"device='tpu' is not supported; use 'cpu', 'cuda' or 'cuda:N'"),
+    ({"device": "cuda:x"}, r"device='cuda:x' is not supported"),
+    ({"device": "cuda"}, r"device='cuda' needs a CUDA GPU.*is_available\(\) is False"),
+    ({"device": "cuda:1", "compile_decode": True, "max_batch_size": 1},
+     r"compile_decode runs on the CPU only; got device='cuda:1'")],
+    ids=["unknown", "malformed", "no-gpu", "compiled-off-cpu"])
+def test_device_argument_is_validated(dense_dir: Path, kwargs: dict, message: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before any weight is read, with a message naming the `device` parameter (on
+    any machine: torch is told it sees no GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=message):
+        Engine.from_source(f"file://{dense_dir}", **kwargs)
+
+
 def test_sharded_checkpoint_loads_like_a_single_file(tmp_path: Path) -> None:
     args = ModelArgs.from_name("tiny-moe")
     single = write_checkpoint(tmp_path / "single", args, seed=5)

@@ -20,16 +20,16 @@ pytestmark = pytest.mark.engine
 N_NEW = 40
 
 
-def hf_model(path: Path) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+def hf_model(path: Path, device: str = "cpu") -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
 
 
 @pytest.mark.parametrize("layout", [None, 1, 16], ids=["linear", "transposed", "packed"])
 @pytest.mark.parametrize("kind", ["dense_dir", "moe_dir"])
-def test_greedy_tokens_equal_transformers(kind: str, layout: int | None,
+def test_greedy_tokens_equal_transformers(kind: str, layout: int | None, device: str,
                                           request: pytest.FixtureRequest) -> None:
     path = request.getfixturevalue(kind)
-    ours, ref = load_ours(path, layout=layout), hf_model(path)
+    ours, ref = load_ours(path, layout=layout, device=device), hf_model(path, device)
     for prompt in PROMPTS:
         assert greedy(ours, prompt, N_NEW) == hf_greedy(ref, prompt, N_NEW), prompt
 
@@ -58,11 +58,13 @@ def test_mixtral_fused_expert_naming_loads_the_same(moe_dir: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize("layout", [None, 1, 16], ids=["linear", "transposed", "packed"])
-def test_step_decode_logits_equal_full_forward(dense_dir: Path, layout: int | None) -> None:
+def test_step_decode_logits_equal_full_forward(dense_dir: Path, layout: int | None,
+                                               device: str) -> None:
     """Tolerance: 1e-4 absolute on logits of unit scale (fp32 reordering only)."""
-    model = load_ours(dense_dir, layout=layout)
+    model = load_ours(dense_dir, layout=layout, device=device)
     seq = PROMPTS[2][:40]
-    full = model(torch.tensor([seq]), Batch.make([1], torch.arange(len(seq))[None]))[0]  # [T, V]
+    full = model(torch.tensor([seq], device=device),
+                 Batch.make([1], torch.arange(len(seq))[None], device))[0]  # [T, V]
     steps = [prefill(model, seq[:1], 0)]
     steps += [decode_step(model, [t], [i], [0])[0] for i, t in enumerate(seq[1:], 1)]
     torch.testing.assert_close(torch.stack(steps[:-1]), full[:-1], atol=1e-4, rtol=0)
@@ -71,14 +73,14 @@ def test_step_decode_logits_equal_full_forward(dense_dir: Path, layout: int | No
     assert (shifted - full[-1]).abs().max() > 1e-2
 
 
-def test_a_perturbed_checkpoint_is_caught(dense_dir: Path, tmp_path: Path) -> None:
+def test_a_perturbed_checkpoint_is_caught(dense_dir: Path, tmp_path: Path, device: str) -> None:
     """Negative control for the parity test: a different rope theta changes the tokens."""
     for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         (tmp_path / name).write_bytes((dense_dir / name).read_bytes())
     config = json.loads((dense_dir / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(config | {"rope_theta": 500.0}))
-    ref = hf_model(dense_dir)
-    changed = load_ours(tmp_path)
+    ref = hf_model(dense_dir, device)
+    changed = load_ours(tmp_path, device=device)
     assert any(greedy(changed, p, N_NEW) != hf_greedy(ref, p, N_NEW) for p in PROMPTS)
 
 

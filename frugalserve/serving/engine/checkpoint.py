@@ -177,10 +177,12 @@ def _tensor_files(path: Path) -> dict[str, Path]:
 
 
 class _Reader:
-    """Lazy access to the checkpoint's tensors across shards; tracks which ones were used."""
+    """Lazy access to the checkpoint's tensors across shards, each read straight onto
+    `device`; tracks which ones were used."""
 
-    def __init__(self, files: dict[str, Path]) -> None:
+    def __init__(self, files: dict[str, Path], device: torch.device) -> None:
         self.files = files
+        self.device = device
         self.used: set[str] = set()
         self._handles: dict[Path, object] = {}
 
@@ -192,7 +194,7 @@ class _Reader:
             raise CheckpointError(f"checkpoint is missing tensor {name!r}")
         file = self.files[name]
         if file not in self._handles:
-            self._handles[file] = safe_open(str(file), "pt")
+            self._handles[file] = safe_open(str(file), "pt", device=str(self.device))
         self.used.add(name)
         return self._handles[file].get_tensor(name)  # type: ignore[attr-defined]
 
@@ -246,13 +248,18 @@ def _expert_names(moe: MoeArgs, hf: str, ff: str,
             yield ours + "w2.weight", lambda x=x: reader.get(x + "w2.weight")
 
 
-def load_model(path: Path, dtype: torch.dtype | None = None) -> Transformer:
-    """Build a Transformer from `path` (config.json + safetensors); dtype None = checkpoint's."""
+def load_model(path: Path, dtype: torch.dtype | None = None,
+               device: torch.device | str = "cpu") -> Transformer:
+    """Build a Transformer from `path` (config.json + safetensors); dtype None = checkpoint's.
+
+    The skeleton is built on the meta device and each parameter is read from its file onto
+    `device` (one tensor at a time: no full copy of the model is made on the host)."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: missing config.json")
     args = args_from_config(json.loads(config_file.read_text()), path)
-    reader = _Reader(_tensor_files(path))
+    device = torch.device(device)
+    reader = _Reader(_tensor_files(path), device)
     with torch.device("meta"):
         model = Transformer(args)
     params = dict(model.named_parameters())
@@ -266,16 +273,18 @@ def load_model(path: Path, dtype: torch.dtype | None = None) -> Transformer:
     unused = sorted(n for n in set(reader.files) - reader.used if "rotary_emb" not in n)
     if unused:
         raise CheckpointError(f"{path}: unexpected tensors (naming not understood): {unused[:5]}")
-    _materialize_buffers(model)
+    _materialize_buffers(model, device)
     return model.eval()
 
 
-def _materialize_buffers(model: Transformer) -> None:
-    """Buffers were created on the meta device with the skeleton: compute them for real."""
-    model.rope_cos, model.rope_sin = rope_cache(model.args)
+def _materialize_buffers(model: Transformer, device: torch.device) -> None:
+    """Buffers were created on the meta device with the skeleton: compute them for real
+    (the rope tables on the host, so every device gets the same values)."""
+    model.rope_cos, model.rope_sin = (t.to(device) for t in rope_cache(model.args))
     for module in model.modules():
         if isinstance(module, MoeFeedForward):
-            module.routed_tokens = torch.zeros(len(module.experts), dtype=torch.int64)
+            module.routed_tokens = torch.zeros(len(module.experts), dtype=torch.int64,
+                                               device=device)
 
 
 def _set_param(model: torch.nn.Module, name: str, value: Tensor) -> None:
@@ -319,14 +328,16 @@ def hf_state_dict(model: Transformer) -> dict[str, Tensor]:
 
 
 def write_checkpoint(path: Path, args: ModelArgs, *, seed: int = 0,
-                     max_shard_bytes: int | None = None) -> Path:
-    """Write a seeded model as config.json + safetensors (sharded with an index if asked) +
-    a byte-level BPE tokenizer.json + tokenizer_config.json with a chat template."""
+                     max_shard_bytes: int | None = None,
+                     dtype: torch.dtype = torch.float32) -> Path:
+    """Write a seeded model as config.json + safetensors in `dtype` (sharded with an index if
+    asked) + a byte-level BPE tokenizer.json + tokenizer_config.json with a chat template."""
     path.mkdir(parents=True, exist_ok=True)
     model = Transformer(args)
     init_weights(model, seed)
-    tensors = hf_state_dict(model)
-    (path / "config.json").write_text(json.dumps(config_from_args(args), indent=2))
+    tensors = {name: t.to(dtype) for name, t in hf_state_dict(model).items()}
+    config = config_from_args(args) | {"torch_dtype": str(dtype).removeprefix("torch.")}
+    (path / "config.json").write_text(json.dumps(config, indent=2))
     _save_tensors(path, tensors, max_shard_bytes)
     build_byte_bpe(min(args.vocab_size, 512)).save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps(

@@ -2,7 +2,8 @@
 `prefill` (one prompt into its slot) and `decode_step` (one token for every running request),
 plus `CompiledDecode`, the single-slot decode step through torch.compile.
 
-Called by the scheduler; tests call them directly against a full forward pass.
+Called by the scheduler; tests call them directly against a full forward pass. Inputs are
+built on the host and copied to the model's device; nothing here reads a device tensor back.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from .model import Batch, Transformer
 @torch.inference_mode()
 def prefill(model: Transformer, prompt_ids: list[int], slot: int) -> Tensor:
     """Write the prompt's keys/values into `slot`; return the next-token logits [V]."""
-    tokens = torch.tensor([prompt_ids])  # [1, T]
-    batch = Batch.make([slot], torch.arange(len(prompt_ids))[None])  # input_pos [1, T]
+    tokens = torch.tensor([prompt_ids], device=model.device)  # [1, T]
+    batch = Batch.make([slot], torch.arange(len(prompt_ids))[None], model.device)  # pos [1, T]
     return model(tokens, batch, last_only=True)[0, -1]  # [1, 1, V] -> [V]
 
 
@@ -28,8 +29,8 @@ def prefill(model: Transformer, prompt_ids: list[int], slot: int) -> Tensor:
 def decode_step(model: Transformer, token_ids: list[int], positions: list[int],
                 slots: list[int]) -> Tensor:
     """Feed one token per row (row i: token_ids[i] at positions[i] in slots[i]); logits [B, V]."""
-    tokens = torch.tensor(token_ids)[:, None]  # [B] -> [B, 1]
-    batch = Batch.make(slots, torch.tensor(positions)[:, None])  # input_pos [B, 1]
+    tokens = torch.tensor(token_ids, device=model.device)[:, None]  # [B] -> [B, 1]
+    batch = Batch.make(slots, torch.tensor(positions)[:, None], model.device)  # pos [B, 1]
     return model(tokens, batch)[:, 0]  # [B, 1, V] -> [B, V]
 
 
@@ -51,7 +52,8 @@ def _import_freezing_deps() -> None:
 
 
 class CompiledDecode:
-    """`decode_step` for a batch of one row in slot 0, compiled on first call.
+    """`decode_step` for a batch of one row in slot 0, compiled on first call; CPU only (the
+    inductor settings above are the CPU backend's).
 
     Same math as the eager step (greedy tokens identical in tests); only the cache length
     varies between calls and it is traced symbolically, so one graph serves every length but
@@ -78,7 +80,7 @@ class CompiledDecode:
         if position + 1 > self._max_length:  # the last cache entry: never reached by an engine
             return decode_step(self.model, [token_id], [position], [0])
         tokens = torch.tensor([[token_id]])  # [1, 1]
-        batch = Batch(self._slots, torch.tensor([[position]]), (0, 1))  # input_pos [1, 1]
+        batch = Batch(self._slots, torch.tensor([[position]]), (0, 1), position + 1, True)
         compiling = self.compile_s is None
         skip = not (compiling or self.check_guards)  # guards run on the compiling call
         start = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,24 @@ from .telemetry import ExpertTelemetry
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' -> the torch device, with the GPU index made explicit; a
+    ValueError naming the `device` parameter for anything else or a GPU that is not there."""
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} needs a CUDA GPU, but torch "
+                         f"{torch.__version__} sees none (torch.cuda.is_available() is False)")
+    dev = torch.device(device)
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: this process sees only "
+                         f"{torch.cuda.device_count()} GPU(s)")
+    return torch.device("cuda", index)
 
 
 def default_threads() -> int:
@@ -46,6 +65,7 @@ class Engine:
         self.max_context_tokens = max_context_tokens
         self.max_batch_size = max_batch_size
         self.architecture = model.args.architecture
+        self.device = model.device
         model.setup_cache(max_batch_size, max_context_tokens)
         if compile_decode and max_batch_size != 1:
             raise ValueError("compile_decode needs max_batch_size=1 (the batch-1 decode step)")
@@ -66,18 +86,21 @@ class Engine:
                     num_threads: int | None = None, compile_decode: bool = False) -> Engine:
         """Load `builtin://NAME`, `file:///dir`, `pvc://claim/path` or `hf://org/name`.
 
-        dtype: float32 | bfloat16 | float16 | auto (the checkpoint's). num_threads: torch
-        intra-op threads for the process (default: all cores but one). compile_decode (needs
+        dtype: float32 | bfloat16 | float16 | auto (the checkpoint's). device: cpu | cuda |
+        cuda:N; the weights are read from their files straight onto it, and the KV cache lives
+        there. num_threads: torch intra-op threads for the process (default: all cores but
+        one; on a GPU they only serve host-side work). compile_decode (CPU only, needs
         max_batch_size=1): run the decode step through torch.compile, compiled on the first
         request (tens of seconds on 2 cores; `stats()["decode_compile_s"]`), ~1.4x (fp32) to
         ~1.9x (int8) faster per token on the bench model."""
-        if device != "cpu":
-            raise ValueError(f"device {device!r} is not supported yet; this engine runs on cpu")
+        if compile_decode and device != "cpu":
+            raise ValueError(f"compile_decode runs on the CPU only; got device={device!r}")
+        dev = resolve_device(device)
         report = progress or (lambda _msg: None)
         torch.set_num_threads(num_threads or default_threads())
         path = resolve_source(source, revision=revision, cache_dir=cache_dir)
-        report(f"loading {source} from {path}")
-        model = load_model(path, None if dtype == "auto" else as_dtype(dtype))
+        report(f"loading {source} from {path} onto {dev}")
+        model = load_model(path, None if dtype == "auto" else as_dtype(dtype), dev)
         tokenizer = Tokenizer.from_dir(path)
         if tokenizer.vocab_size > model.args.vocab_size:
             raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, the model "
@@ -134,8 +157,9 @@ class Engine:
         s = self.scheduler
         with s.lock:
             out: dict = {"model": self.model_name, "architecture": self.architecture,
-                         "running": len(s.running), "waiting": len(s.waiting),
-                         "free_slots": len(s.free_slots), "max_batch_size": self.max_batch_size,
+                         "device": str(self.device), "running": len(s.running),
+                         "waiting": len(s.waiting), "free_slots": len(s.free_slots),
+                         "max_batch_size": self.max_batch_size,
                          "tokens_generated": s.tokens_generated, "steps": s.steps}
         if self.compiled is not None:
             out["decode_compile_s"] = self.compiled.compile_s  # None until the first decode

@@ -114,23 +114,32 @@ class Batch:
     slots: Tensor  # [B] cache slot of each row
     input_pos: Tensor  # [B, T] absolute position of each token
     slot_range: tuple[int, int] | None  # (start, stop) when slots are consecutive: cache views
+    length: int  # keys 0..length-1 are read from the cache (the highest position + 1)
+    aligned: bool  # one query per row, all at position length-1: no mask needed
 
     @classmethod
-    def make(cls, slots: list[int], input_pos: Tensor) -> Batch:
+    def make(cls, slots: list[int], input_pos: Tensor,
+             device: torch.device | str = "cpu") -> Batch:
+        """input_pos [B, T] on the host: length and alignment are read there, so a forward on
+        an accelerator never waits for the device; then slots and positions move to `device`."""
         consecutive = slots == list(range(slots[0], slots[0] + len(slots)))
         rng = (slots[0], slots[0] + len(slots)) if consecutive else None
-        return cls(torch.tensor(slots), input_pos, rng)
+        length = int(input_pos.max()) + 1
+        aligned = input_pos.shape[1] == 1 and bool((input_pos == length - 1).all())
+        return cls(torch.tensor(slots, device=device), input_pos.to(device), rng, length, aligned)
 
 
 class KVCache(nn.Module):
     """Pre-allocated keys and values for `max_batch` slots of `max_seq_len` tokens."""
 
     def __init__(self, max_batch: int, max_seq_len: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
         shape = (max_batch, n_kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device),
+                             persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device),
+                             persistent=False)
 
     def update(self, batch: Batch, k: Tensor, v: Tensor, length: int) -> tuple[Tensor, Tensor]:
         """Write k, v [B, Hkv, T, Dh] at their positions; return the first `length` keys/values."""
@@ -223,7 +232,9 @@ class MoeFeedForward(nn.Module):
         sorted_weights = weights.flatten()[order, None]  # [N*K, 1]
         out = torch.zeros_like(flat)
         start = 0
-        for e, n in enumerate(counts.tolist()):  # one matmul chain per expert that got tokens
+        # one matmul chain per expert that got tokens; sizing them reads the counts back (on a
+        # GPU, one wait per MoE layer, as in transformers' Mixtral)
+        for e, n in enumerate(counts.tolist()):
             if n:
                 rows = token_idx[start:start + n]
                 y = self.experts[e](flat[rows]) * sorted_weights[start:start + n]  # [n, D]
@@ -264,18 +275,23 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights, the cache and every tensor of a forward pass live."""
+        return self.rope_cos.device
+
     def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
         if max_seq_len > self.args.max_seq_len:
             raise ValueError(f"{max_seq_len=} exceeds the model's {self.args.max_seq_len}")
         dtype = self.tok_embeddings.weight.dtype
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(max_batch, max_seq_len, self.args.n_kv_heads,
-                                               self.args.head_dim, dtype)
+                                               self.args.head_dim, dtype, self.device)
 
     def forward(self, tokens: Tensor, batch: Batch, last_only: bool = False) -> Tensor:
         """tokens, batch.input_pos: [B, T] -> logits [B, T, V] (or [B, 1, V] when last_only)."""
-        length = int(batch.input_pos.max()) + 1  # keys 0..length-1 are read from the cache
-        return self.run(tokens, batch, length, attention_mask(batch.input_pos, length), last_only)
+        mask = None if batch.aligned else attention_mask(batch.input_pos, batch.length)
+        return self.run(tokens, batch, batch.length, mask, last_only)
 
     def run(self, tokens: Tensor, batch: Batch, length: int, mask: Tensor | None,
             last_only: bool = False) -> Tensor:
@@ -291,11 +307,10 @@ class Transformer(nn.Module):
         return self.output(self.norm(x)).float()
 
 
-def attention_mask(input_pos: Tensor, length: int) -> Tensor | None:
-    """Causal mask [B, 1, T, L] over cached keys; None when every query sees every key."""
-    if input_pos.shape[1] == 1 and bool((input_pos == length - 1).all()):
-        return None
-    return (torch.arange(length)[None, None, :] <= input_pos[:, :, None]).unsqueeze(1)
+def attention_mask(input_pos: Tensor, length: int) -> Tensor:
+    """Causal mask [B, 1, T, L] over cached keys, built where input_pos [B, T] lives."""
+    keys = torch.arange(length, device=input_pos.device)
+    return (keys[None, None, :] <= input_pos[:, :, None]).unsqueeze(1)
 
 
 def init_weights(model: Transformer, seed: int) -> None:

@@ -1,7 +1,9 @@
 """Inference weight layouts chosen by an explicit enum: fp (oneDNN-packed), int8, int4.
 
 `swap_linears` replaces every `nn.Linear` of a loaded model (except MoE routers) in place;
-the loader calls it once after the weights are in.
+the loader calls it once after the weights are in. On the CPU the layers use torch's fused
+kernels; on a GPU fp weights stay `nn.Linear` (cuBLAS) and quantized ones are dequantized to
+bf16 before each matmul.
 """
 
 from __future__ import annotations
@@ -32,27 +34,34 @@ class TransposedLinear(nn.Module):
 
 
 class _Bf16KernelLinear(nn.Module):
-    """Shared forward of the quantized layouts: their CPU kernels (`_mm`, [N, in] bf16 ->
-    [N, out]) take bf16 activations, so x [..., in] is cast to bf16 and the result back."""
+    """Shared forward of the quantized layouts, in bf16 activations (x [..., in] is cast to
+    bf16 and the result back): a fused CPU kernel (`_mm`, [N, in] -> [N, out]) when `fused`,
+    else a bf16 matmul with the weights dequantized (`_dequantized`, [out, in]) on the fly."""
+
+    fused: bool
 
     def _mm(self, x2: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _dequantized(self) -> Tensor:
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        y = self._mm(x.reshape(-1, shape[-1]).to(torch.bfloat16))  # [..., in] -> [N, out]
+        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # [..., in] -> [N, in]
+        y = self._mm(x2) if self.fused else x2 @ self._dequantized().t()  # [N, out]
         return y.to(x.dtype).view(*shape[:-1], -1)  # [N, out] -> [..., out]
 
 
 class Int8Linear(_Bf16KernelLinear):
-    """int8 weights [out, in], per-output-channel scales; dequant fused in `_weight_int8pack_mm`.
+    """int8 weights [out, in], per-output-channel scales; on the CPU the dequant is fused in
+    `_weight_int8pack_mm` (fast with bf16 activations, ~15x slower with fp32 ones).
 
-    The kernel is fast with bf16 activations (fp32 ones are ~15x slower on CPU), so activations
-    are cast to bf16 around it and the result back to the model dtype.
-    """
+    fused: use the CPU kernel (default: when the weights are on the CPU, where it exists)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, fused: bool | None = None) -> None:
         super().__init__()
+        self.fused = linear.weight.is_cpu if fused is None else fused
         w = linear.weight.detach().float()  # [out, in]
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [out]
         q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
@@ -62,13 +71,20 @@ class Int8Linear(_Bf16KernelLinear):
     def _mm(self, x2: Tensor) -> Tensor:
         return torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)
 
+    def _dequantized(self) -> Tensor:
+        return self.weight.to(torch.bfloat16) * self.scales[:, None]  # [out, in]
+
 
 class Int4Linear(_Bf16KernelLinear):
     """4-bit weights, groups of `group_size` inputs each with scale and zero (gpt-fast scheme);
-    dequant fused in `_weight_int4pack_mm_for_cpu` (bf16 activations)."""
+    on the CPU the dequant is fused in `_weight_int4pack_mm_for_cpu` (bf16 activations), which
+    takes its own packed layout; elsewhere two inputs share a byte (low nibble first).
 
-    def __init__(self, linear: nn.Linear, group_size: int) -> None:
+    fused: use the CPU kernel (default: when the weights are on the CPU, where it exists)."""
+
+    def __init__(self, linear: nn.Linear, group_size: int, fused: bool | None = None) -> None:
         super().__init__()
+        self.fused = linear.weight.is_cpu if fused is None else fused
         w = linear.weight.detach().float()  # [out, in]
         out_f, in_f = w.shape
         if in_f % group_size:
@@ -76,18 +92,30 @@ class Int4Linear(_Bf16KernelLinear):
         groups = w.view(out_f, in_f // group_size, group_size)  # [out, in] -> [out, G, g]
         lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
         scale = (hi - lo).clamp(min=1e-8) / 15.0  # [out, G, 1]
-        q = torch.round((groups - lo) / scale).clamp(0, 15)
+        q = torch.round((groups - lo) / scale).clamp(0, 15).view(out_f, in_f)
         zero = lo + 8.0 * scale  # dequant: (q - 8) * scale + zero
         self.group_size = group_size
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-            q.view(out_f, in_f).to(torch.int32), 1)  # [out, in] -> [out, in/2] uint8
+        scales_zeros = torch.cat([scale, zero], dim=-1)  # [out, G, 2]
+        if self.fused:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                q.to(torch.int32), 1)  # [out, in] -> [out, in/2] uint8, the kernel's layout
+            scales_zeros = scales_zeros.transpose(0, 1)  # [out, G, 2] -> [G, out, 2]
+        else:
+            q8 = q.to(torch.uint8)
+            packed = q8[:, 0::2] | (q8[:, 1::2] << 4)  # [out, in] -> [out, in/2]
         self.register_buffer("weight", packed)
-        scales_zeros = torch.cat([scale, zero], dim=-1).transpose(0, 1)  # [out,G,2] -> [G,out,2]
         self.register_buffer("scales_zeros", scales_zeros.contiguous().to(torch.bfloat16))
 
     def _mm(self, x2: Tensor) -> Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size,
                                                           self.scales_zeros)
+
+    def _dequantized(self) -> Tensor:
+        out_f = self.weight.shape[0]
+        q = torch.stack([self.weight & 15, self.weight >> 4], dim=-1)  # [out, in/2, 2]
+        groups = q.view(out_f, -1, self.group_size).to(torch.bfloat16)  # [out, G, g]
+        scale, zero = self.scales_zeros[..., :1], self.scales_zeros[..., 1:]  # [out, G, 1]
+        return ((groups - 8) * scale + zero).view(out_f, -1)  # [out, G, g] -> [out, in]
 
 
 class PackedLinear(nn.Module):
@@ -118,6 +146,8 @@ def _make(linear: nn.Linear, quantization: Quantization, group_size: int,
         return Int8Linear(linear)
     if quantization is Quantization.INT4:
         return Int4Linear(linear, group_size)
+    if not linear.weight.is_cpu:
+        return linear  # cuBLAS reads the checkpoint's [out, in] layout as it is
     packable = torch.backends.mkldnn.is_available() and linear.weight.dtype in (
         torch.float32, torch.bfloat16)
     return PackedLinear(linear) if packable and max_batch > 1 else TransposedLinear(linear)
@@ -127,8 +157,8 @@ def swap_linears(model: nn.Module, quantization: Quantization | str, group_size:
                  max_batch: int = 1) -> nn.Module:
     """Replace each nn.Linear (routers named `gate` stay exact) by the chosen inference layout.
 
-    Unquantized weights are laid out for the batch the engine runs: pre-transposed for one
-    slot (memory-bound GEMV), oneDNN-packed for several (compute-bound GEMM)."""
+    Unquantized weights on the CPU are laid out for the batch the engine runs: pre-transposed
+    for one slot (memory-bound GEMV), oneDNN-packed for several (compute-bound GEMM)."""
     quantization = Quantization(quantization)
     if group_size not in (32, 64):
         raise ValueError(f"int4 group_size must be 32 or 64, got {group_size}")

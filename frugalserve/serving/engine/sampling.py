@@ -1,6 +1,6 @@
 """Next-token choice from logits: greedy, temperature, top-k, top-p, with a per-request seed.
 
-`sample` is called by the scheduler once per request per step.
+`sample` is called by the scheduler once per forward pass, for all of its rows.
 """
 
 from __future__ import annotations
@@ -52,17 +52,23 @@ def logits_to_probs(logits: Tensor, temperature: float, top_k: int = 0,
     return probs
 
 
-def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token id from logits [V]."""
-    if params.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = logits_to_probs(logits, params.temperature, params.top_k, params.top_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def sample(logits: Tensor, params: list[SamplingParams],
+           generators: list[torch.Generator | None]) -> list[int]:
+    """One token id per row of logits [B, V] (row i decodes with params[i], generators[i]):
+    one argmax for the greedy rows, one draw per sampled row, and a single read-back of the
+    ids (on a GPU, the step's one wait for the device)."""
+    ids = torch.argmax(logits, dim=-1)  # [B]
+    for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
+        if p.temperature > 0:
+            probs = logits_to_probs(logits[row], p.temperature, p.top_k, p.top_p)
+            ids[row] = torch.multinomial(probs, 1, generator=gen)[0]
+    return ids.tolist()
 
 
-def make_generator(seed: int | None) -> torch.Generator:
-    """A private RNG per request, so a seeded request samples the same tokens in any batch."""
-    gen = torch.Generator()
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private RNG per request on the logits' device, so a seeded request samples the same
+    tokens in any batch."""
+    gen = torch.Generator(device=device)
     if seed is None:
         gen.seed()
     else:

@@ -108,7 +108,8 @@ class Scheduler:
             raise ValueError(f"prompt has {len(prompt_ids)} tokens; the context holds "
                              f"{self.max_context_tokens} including at least one new token")
         request = Request(request_id, list(prompt_ids), params, emit,
-                          TextStream(self.decode_text, params.stop), make_generator(params.seed))
+                          TextStream(self.decode_text, params.stop),
+                          make_generator(params.seed, self.model.device))
         with self.lock:
             if request_id in self.running or any(r.id == request_id for r in self.waiting):
                 raise ValueError(f"request id {request_id!r} is already in flight")
@@ -143,11 +144,11 @@ class Scheduler:
                 self.running[request.id] = request
                 joining.append(request)
         try:
-            for request in joining:
-                self._advance(request, prefill(self.model, request.prompt_ids, request.slot))
+            for request in joining:  # each first token is out before the next prefill
+                self._advance([request],
+                              prefill(self.model, request.prompt_ids, request.slot)[None])
             if decoding:
-                for request, row in zip(decoding, self._decode(decoding), strict=True):
-                    self._advance(request, row)
+                self._advance(decoding, self._decode(decoding))
         except Exception as exc:  # the step failed for everyone in it: tell them, free slots
             self._fail([*joining, *decoding], exc)
             raise
@@ -165,21 +166,23 @@ class Scheduler:
         """Cache position of the request's last sampled token (the one fed next)."""
         return len(request.prompt_ids) + len(request.output_ids) - 1
 
-    def _advance(self, request: Request, logits: torch.Tensor) -> None:
-        """Sample the next token and emit it; finish the request when it is done."""
-        with self.lock:
-            if self.running.get(request.id) is not request:
-                return  # cancelled while the step ran
-            token = sample(logits, request.params, request.generator)
-            request.output_ids.append(token)
-            self.tokens_generated += 1
-            reason = self._finish_reason(request, token)
-            text, stopped = request.stream.push(token, final=reason is not None)
-            reason = "stop" if stopped else reason
-            if reason is not None:
-                del self.running[request.id]
-                heapq.heappush(self.free_slots, request.slot)
-        request.emit(self._delta(request, text, [token], reason))
+    def _advance(self, requests: list[Request], logits: torch.Tensor) -> None:
+        """Sample each request's next token from its row of logits [B, V] and emit it; finish
+        the requests that are done."""
+        tokens = sample(logits, [r.params for r in requests], [r.generator for r in requests])
+        for request, token in zip(requests, tokens, strict=True):
+            with self.lock:
+                if self.running.get(request.id) is not request:
+                    continue  # cancelled while the step ran
+                request.output_ids.append(token)
+                self.tokens_generated += 1
+                reason = self._finish_reason(request, token)
+                text, stopped = request.stream.push(token, final=reason is not None)
+                reason = "stop" if stopped else reason
+                if reason is not None:
+                    del self.running[request.id]
+                    heapq.heappush(self.free_slots, request.slot)
+            request.emit(self._delta(request, text, [token], reason))
 
     def _finish_reason(self, request: Request, token: int) -> str | None:
         if token in self.eos_ids:
