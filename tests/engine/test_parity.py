@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from frugalserve.serving.engine.checkpoint import load_model
 from frugalserve.serving.engine.decode import decode_step, prefill
 from frugalserve.serving.engine.model import Batch, RMSNorm
 
@@ -32,6 +33,29 @@ def test_greedy_tokens_equal_transformers(kind: str, layout: int | None, device:
     ours, ref = load_ours(path, layout=layout, device=device), hf_model(path, device)
     for prompt in PROMPTS:
         assert greedy(ours, prompt, N_NEW) == hf_greedy(ref, prompt, N_NEW), prompt
+
+
+@pytest.mark.parametrize("kind", ["dense_dir", "moe_dir"])
+def test_bf16_logits_are_as_close_to_fp32_as_transformers_bf16(
+        kind: str, device: str, request: pytest.FixtureRequest) -> None:
+    """bf16, the GPU deployments' default dtype: the relative L2 error of our logits against
+    transformers fp32 is within 1.5x (+0.01) of transformers bf16's own (on the CPU: equal,
+    1.1% dense, 8.9% MoE, where bf16 flips some router choices)."""
+    path = request.getfixturevalue(kind)
+    ref = hf_model(path, device)
+    hf_bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
+    ours = load_model(path, torch.bfloat16, device)
+    ours.setup_cache(1, 128)
+    ours_err, hf_err = [], []
+    for prompt in PROMPTS:
+        tokens = torch.tensor([prompt], device=device)
+        with torch.inference_mode():
+            expected = ref(tokens).logits
+            got = ours(tokens, Batch.make([0], torch.arange(len(prompt))[None], device))
+            ours_err.append(float((got - expected).norm() / expected.norm()))
+            hf_err.append(float((hf_bf16(tokens).logits.float() - expected).norm()
+                                / expected.norm()))
+    assert max(ours_err) <= 1.5 * max(hf_err) + 0.01
 
 
 def test_mixtral_fused_expert_naming_loads_the_same(moe_dir: Path, tmp_path: Path) -> None:

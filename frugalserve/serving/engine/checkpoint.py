@@ -278,9 +278,11 @@ def load_model(path: Path, dtype: torch.dtype | None = None,
 
 
 def _materialize_buffers(model: Transformer, device: torch.device) -> None:
-    """Buffers were created on the meta device with the skeleton: compute them for real
-    (the rope tables on the host, so every device gets the same values)."""
-    model.rope_cos, model.rope_sin = (t.to(device) for t in rope_cache(model.args))
+    """Buffers were created on the meta device with the skeleton: compute them for real. The
+    rope tables are computed in fp32 on the host (the same values on every device) and kept
+    in the weights' dtype, in which transformers applies them too."""
+    dtype = model.tok_embeddings.weight.dtype
+    model.rope_cos, model.rope_sin = (t.to(device, dtype) for t in rope_cache(model.args))
     for module in model.modules():
         if isinstance(module, MoeFeedForward):
             module.routed_tokens = torch.zeros(len(module.experts), dtype=torch.int64,

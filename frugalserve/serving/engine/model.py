@@ -160,7 +160,8 @@ def decode_attention(q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
     Hkv = keys.shape[1]
     q = q.view(B, Hkv, H // Hkv, Dh)  # [B, H, 1, Dh] -> [B, Hkv, G, Dh]
     scores = (q @ keys.transpose(2, 3)) * Dh**-0.5  # [B, Hkv, G, L]
-    out = torch.softmax(scores, dim=-1) @ values  # [B, Hkv, G, Dh]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)  # fp32 for bf16/fp16 models
+    out = probs.to(values.dtype) @ values  # [B, Hkv, G, Dh]
     return out.view(B, H, 1, Dh)
 
 
