@@ -16,6 +16,12 @@ Batch 1 runs our engine eagerly and with `compile_decode=True` (the decode step 
 torch.compile; the headline ratios use it, the eager ones are reported beside them). Compiling
 happens in the warm-up, outside the timed runs; its time is reported separately, with
 inductor's on-disk cache as this machine has it (a cold compile takes longer).
+
+`--device cuda` runs the GPU benchmark instead (`gpu_main`): a random-weights ~1.1B Llama
+(TinyLlama's shape) written by the bench as a bf16 checkpoint, ours (bf16 and int8) against
+transformers bf16 at batch 1 and 32, and batch 1 against the floor set by the device's memory
+bandwidth (a device-to-device copy measured in the same run). It prints its table and the JSON
+line only (docs/benchmarks.md is left alone).
 """
 
 from __future__ import annotations
@@ -150,7 +156,8 @@ class FirstToken(BaseStreamer):
 def hf_generate(model: torch.nn.Module, batch: list[list[int]], new_tokens: int,
                 streamer: FirstToken | None = None) -> None:
     with torch.no_grad():
-        model.generate(torch.tensor(batch), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        model.generate(torch.tensor(batch, device=model.device), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens,
                        do_sample=False, eos_token_id=None, pad_token_id=0, streamer=streamer)
 
 
@@ -306,7 +313,10 @@ def main() -> None:
                         help="batch 16, one run per count; the first one is the headline")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/frugalserve/bench")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for the GPU bench")
     opts = parser.parse_args()
+    if opts.device != "cpu":
+        return gpu_main(opts)
     dense, moe = checkpoint("bench-dense", opts.cache), checkpoint("bench-moe", opts.cache)
     load_before = os.getloadavg()
     torch.set_num_threads(opts.threads)
@@ -403,6 +413,107 @@ def append_docs(text: str) -> None:
         if not skipping:
             kept.append(line)
     docs.write_text("".join(kept).rstrip("\n") + "\n\n" + text)
+
+
+# ---------------------------------------------------------------- GPU
+
+# TinyLlama-1.1B's shape, without EOS (every run decodes the full length): ~1.1B parameters.
+GPU_ARGS = ModelArgs(vocab_size=32000, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4,
+                     intermediate_size=5632, max_seq_len=2048, eos_token_ids=())
+GPU_BATCHES = (1, 32)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 2**30, runs: int = 10) -> float:
+    """Device-to-device copy of `nbytes` (bytes read + written per second, the median of
+    `runs`, timed with CUDA events): the memory bandwidth the batch-1 floor divides by."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * nbytes / statistics.median(times)
+
+
+def gpu_compare(path: Path, device: str, repeats: int) -> list[dict]:
+    """transformers bf16, ours bf16 and ours int8 at each batch size, alternating, best of
+    `repeats`; one engine per format serves every batch size (its slots: the largest)."""
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
+    engines = {q: Engine.from_source(f"file://{path}", dtype="bfloat16", quantization=q,
+                                     max_batch_size=max(GPU_BATCHES), device=device,
+                                     max_context_tokens=PROMPT_LEN + NEW_TOKENS)
+               for q in ("none", "int8")}
+    rows = []
+    for size in GPU_BATCHES:
+        batch = prompts(size)
+        hf_generate(hf, batch, 4)  # warm-up (kernels, allocator)
+        for engine in engines.values():
+            asyncio.run(our_speed(engine, batch, new_tokens=4))
+        runs: dict[str, list[tuple[float, float]]] = {}
+        for _ in range(repeats):
+            runs.setdefault("transformers bf16", []).append(hf_speed(hf, batch))
+            for q, engine in engines.items():
+                name = "ours " + ("bf16" if q == "none" else q)
+                runs.setdefault(name, []).append(asyncio.run(our_speed(engine, batch)))
+        for name, results in runs.items():
+            tok_s, ttft_ms = best(results)
+            rows.append({"name": name, "batch": size, "tok_s": tok_s, "ttft_ms": ttft_ms})
+            print(f"  {name} b{size}: {tok_s:.1f} tok/s, TTFT {ttft_ms:.1f} ms", flush=True)
+    for engine in engines.values():
+        asyncio.run(engine.close())
+    return rows
+
+
+def gpu_main(opts: argparse.Namespace) -> None:
+    device = torch.device(opts.device)
+    name = torch.cuda.get_device_name(device)
+    path = opts.cache / "gpu-llama-1b-bf16-noeos"
+    if not (path / "config.json").is_file():
+        write_checkpoint(path, GPU_ARGS, seed=0, dtype=torch.bfloat16)
+    model = load_model(path, device=device)
+    params = sum(p.numel() for p in model.parameters())
+    per_token = {q: decode_bytes_per_token(swap_linears(model, q)) for q in ("none", "int8")}
+    del model  # swapped in place to int8 by the second entry; floors only needed its size
+    torch.cuda.empty_cache()
+    bandwidth = copy_bandwidth(device)
+    floors = {q: bandwidth / n for q, n in per_token.items()}  # batch-1 tok/s
+    print(f"{name}, torch {torch.__version__}: {params / 1e9:.2f}B params, copy bandwidth "
+          f"{bandwidth / 1e12:.2f} TB/s, batch-1 floors: bf16 {floors['none']:.0f}, int8 "
+          f"{floors['int8']:.0f} tok/s", flush=True)
+    rows = gpu_compare(path, opts.device, opts.repeats)
+    r = {(row["name"], row["batch"]): row for row in rows}
+    fmt = {"transformers bf16": "none", "ours bf16": "none", "ours int8": "int8"}
+    lines = ["", f"## Engine on {name} ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
+             f"Command: `{COMMAND} --device {opts.device}`; torch {torch.__version__}; "
+             f"random-weights Llama of {params / 1e9:.2f}B parameters (TinyLlama's shape), "
+             f"bf16 checkpoint; prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy; best of "
+             f"{opts.repeats}; copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + written).", "",
+             "| configuration | batch | decode tok/s | TTFT ms | % of b1 floor |",
+             "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        pct = (f"{100 * row['tok_s'] / floors[fmt[row['name']]]:.0f}%" if row["batch"] == 1
+               else "")
+        lines.append(f"| {row['name']} | {row['batch']} | {row['tok_s']:.1f} | "
+                     f"{row['ttft_ms']:.1f} | {pct} |")
+    print("\n".join(lines))
+    headline = {"device": name, "params_b": params / 1e9, "copy_tb_s": bandwidth / 1e12}
+    for size in GPU_BATCHES:
+        hf_row = r["transformers bf16", size]
+        for key, label in (("ours bf16", "bf16"), ("ours int8", "int8")):
+            headline[f"{label}_b{size}_tok_s"] = r[key, size]["tok_s"]
+            headline[f"{label}_b{size}_vs_hf_bf16"] = r[key, size]["tok_s"] / hf_row["tok_s"]
+        headline[f"hf_bf16_b{size}_tok_s"] = hf_row["tok_s"]
+    for key, label in (("ours bf16", "bf16"), ("ours int8", "int8"),
+                       ("transformers bf16", "hf_bf16")):
+        headline[f"{label}_b1_floor_pct"] = 100 * r[key, 1]["tok_s"] / floors[fmt[key]]
+        headline[f"{label}_b1_ttft_ms"] = r[key, 1]["ttft_ms"]
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                      for k, v in headline.items()}))
 
 
 if __name__ == "__main__":
