@@ -5,7 +5,8 @@ Keys (prefix P): P..'tenant:'..name (hash), P..'tenants' (set), P..'req:'..id (h
 P..'leases' (sorted set of open request ids by expiry), P..'settlements' (stream),
 P..'totals' (hash of all-time sums: field 'TENANT MODEL prompt|completion|cost'; neither
 names nor models contain spaces).
-Numbers are passed and stored as decimal strings; `istr` avoids Lua's %.14g formatting."""
+Numbers are passed and stored as decimal strings; `istr` avoids Lua's %.14g formatting.
+Each script replies with one string of space-separated words, cheap for the client to parse."""
 
 PRELUDE = r"""
 local function istr(x) return string.format('%d', x) end
@@ -68,38 +69,53 @@ end
 """
 
 TENANT = r"""
-local function start_period(key, period, now)
+-- the tenant hash's fields that operations change, written back together by save()
+local STATE = {'period', 'period_start_us', 'period_end_us', 'spent_micros',
+  'reserved_micros', 'tokens_prompt', 'tokens_completion', 'reserved_tokens', 'in_flight',
+  'window_start_us', 'window_requests', 'window_tokens'}
+
+local function save(key, t)
+  local args = {}
+  for _, f in ipairs(STATE) do
+    args[#args + 1] = f
+    args[#args + 1] = t[f]
+  end
+  redis.call('HSET', key, unpack(args))
+end
+
+local function add(t, field, n) t[field] = istr(tonumber(t[field]) + n) end
+
+local function start_period(t, period, now)
   local s, e = period_bounds(period, math.floor(now / 1000000))
-  local e_us = ''
-  if e >= 0 then e_us = istr(e * 1000000) end
-  redis.call('HSET', key, 'period', period, 'period_start_us', istr(s * 1000000),
-    'period_end_us', e_us)
+  t.period, t.period_start_us, t.period_end_us = period, istr(s * 1000000), ''
+  if e >= 0 then t.period_end_us = istr(e * 1000000) end
 end
 
 -- start a new period, resetting spent usage, when the current one has ended
-local function roll(key, now)
-  local t = redis.call('HMGET', key, 'period', 'period_end_us')
-  if t[2] ~= '' and now >= tonumber(t[2]) then
-    start_period(key, t[1], now)
-    redis.call('HSET', key, 'spent_micros', 0, 'tokens_prompt', 0, 'tokens_completion', 0)
+local function roll(t, now)
+  if t.period_end_us ~= '' and now >= tonumber(t.period_end_us) then
+    start_period(t, t.period, now)
+    t.spent_micros, t.tokens_prompt, t.tokens_completion = '0', '0', '0'
   end
 end
 
 -- drop one reservation's hold on its tenant
-local function unreserve(tkey, r)
-  redis.call('HINCRBY', tkey, 'reserved_micros', istr(-tonumber(r.cost_max)))
-  redis.call('HINCRBY', tkey, 'reserved_tokens', istr(-tonumber(r.tokens_max)))
-  redis.call('HINCRBY', tkey, 'in_flight', -1)
+local function unreserve(t, r)
+  add(t, 'reserved_micros', -tonumber(r.cost_max))
+  add(t, 'reserved_tokens', -tonumber(r.tokens_max))
+  add(t, 'in_flight', -1)
 end
 
 -- move a reservation into spent usage and append its settlement event
 local function charge(prefix, req_key, id, r, cost, prompt, completion, now, clamped, expired)
   local tkey = prefix .. 'tenant:' .. r.tenant
-  roll(tkey, now)
-  unreserve(tkey, r)
-  redis.call('HINCRBY', tkey, 'spent_micros', istr(cost))
-  redis.call('HINCRBY', tkey, 'tokens_prompt', istr(prompt))
-  redis.call('HINCRBY', tkey, 'tokens_completion', istr(completion))
+  local t = fetch(tkey)
+  roll(t, now)
+  unreserve(t, r)
+  add(t, 'spent_micros', cost)
+  add(t, 'tokens_prompt', prompt)
+  add(t, 'tokens_completion', completion)
+  save(tkey, t)
   local total = r.tenant .. ' ' .. r.model .. ' '
   redis.call('HINCRBY', prefix .. 'totals', total .. 'prompt', istr(prompt))
   redis.call('HINCRBY', prefix .. 'totals', total .. 'completion', istr(completion))
@@ -120,6 +136,9 @@ local function charge_in_full(prefix, req_key, id, r, now)
   return charge(prefix, req_key, id, r, tonumber(r.cost_max), 0, tonumber(r.tokens_max),
     now, 0, 1)
 end
+
+-- a reply: its words joined by spaces (no name, label or number contains one)
+local function words(...) return table.concat({...}, ' ') end
 """
 
 # KEYS: tenant, tenants set. ARGV: offset_us, name, limit_micros, limit_tokens, period,
@@ -127,14 +146,16 @@ end
 CONFIGURE = r"""
 local now = now_us(ARGV[1])
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then
-  redis.call('HSET', key, 'spent_micros', 0, 'reserved_micros', 0, 'tokens_prompt', 0,
-    'tokens_completion', 0, 'reserved_tokens', 0, 'in_flight', 0, 'window_start_us', 0,
-    'window_requests', 0, 'window_tokens', 0)
-  start_period(key, ARGV[5], now)
+local t = fetch(key)
+if t.period == nil then
+  t = {spent_micros = '0', reserved_micros = '0', tokens_prompt = '0', tokens_completion = '0',
+    reserved_tokens = '0', in_flight = '0', window_start_us = '0', window_requests = '0',
+    window_tokens = '0'}
+  start_period(t, ARGV[5], now)
 end
-roll(key, now)
-if redis.call('HGET', key, 'period') ~= ARGV[5] then start_period(key, ARGV[5], now) end
+roll(t, now)
+if t.period ~= ARGV[5] then start_period(t, ARGV[5], now) end
+save(key, t)
 redis.call('HSET', key, 'limit_micros', ARGV[3], 'limit_tokens', ARGV[4],
   'requests_per_minute', ARGV[6], 'tokens_per_minute', ARGV[7])
 redis.call('SADD', KEYS[2], ARGV[2])
@@ -146,10 +167,10 @@ return 'ok'
 RESERVE = r"""
 local now = now_us(ARGV[1])
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then return {'unknown_tenant'} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
-roll(key, now)
 local t = fetch(key)
+if t.period == nil then return 'unknown_tenant' end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
+roll(t, now)
 local cost, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
 local used_m = tonumber(t.spent_micros) + tonumber(t.reserved_micros)
 local used_t = tonumber(t.tokens_prompt) + tonumber(t.tokens_completion)
@@ -158,7 +179,7 @@ local function refuse(reason)
   local rem_m, rem_t = '', ''
   if t.limit_micros ~= '' then rem_m = istr(math.max(0, tonumber(t.limit_micros) - used_m)) end
   if t.limit_tokens ~= '' then rem_t = istr(math.max(0, tonumber(t.limit_tokens) - used_t)) end
-  return {'budget', reason, rem_m, rem_t, t.period_end_us}
+  return words('budget', reason, rem_m, rem_t, t.period_end_us)
 end
 if t.limit_micros ~= '' and used_m + cost > tonumber(t.limit_micros) then
   return refuse('budget_usd')
@@ -167,43 +188,45 @@ if t.limit_tokens ~= '' and used_t + tokens > tonumber(t.limit_tokens) then
   return refuse('budget_tokens')
 end
 local window = now - now % 60000000
-local w_req, w_tok = 0, 0
-if tonumber(t.window_start_us) == window then
-  w_req, w_tok = tonumber(t.window_requests), tonumber(t.window_tokens)
+if tonumber(t.window_start_us) ~= window then
+  t.window_start_us, t.window_requests, t.window_tokens = istr(window), '0', '0'
 end
 local retry = istr(window + 60000000 - now)
-if t.requests_per_minute ~= '' and w_req + 1 > tonumber(t.requests_per_minute) then
-  return {'rate', 'requests_per_minute', retry}
+if t.requests_per_minute ~= '' and
+    tonumber(t.window_requests) + 1 > tonumber(t.requests_per_minute) then
+  return words('rate', 'requests_per_minute', retry)
 end
-if t.tokens_per_minute ~= '' and w_tok + tokens > tonumber(t.tokens_per_minute) then
-  return {'rate', 'tokens_per_minute', retry}
+if t.tokens_per_minute ~= '' and
+    tonumber(t.window_tokens) + tokens > tonumber(t.tokens_per_minute) then
+  return words('rate', 'tokens_per_minute', retry)
 end
-local expires = now + tonumber(ARGV[5])
-redis.call('HSET', key, 'window_start_us', istr(window), 'window_requests', istr(w_req + 1),
-  'window_tokens', istr(w_tok + tokens))
-redis.call('HINCRBY', key, 'reserved_micros', ARGV[3])
-redis.call('HINCRBY', key, 'reserved_tokens', ARGV[4])
-redis.call('HINCRBY', key, 'in_flight', 1)
+local expires = istr(now + tonumber(ARGV[5]))
+add(t, 'window_requests', 1)
+add(t, 'window_tokens', tokens)
+add(t, 'reserved_micros', cost)
+add(t, 'reserved_tokens', tokens)
+add(t, 'in_flight', 1)
+save(key, t)
 redis.call('HSET', KEYS[2], 'tenant', ARGV[8], 'cost_max', ARGV[3], 'tokens_max', ARGV[4],
-  'expires_us', istr(expires), 'model', ARGV[6], 'price_version', ARGV[7], 'state', 'reserved')
-redis.call('ZADD', KEYS[3], istr(expires), ARGV[2])
-return {'ok', istr(expires)}
+  'expires_us', expires, 'model', ARGV[6], 'price_version', ARGV[7], 'state', 'reserved')
+redis.call('ZADD', KEYS[3], expires, ARGV[2])
+return words('ok', expires)
 """
 
 # KEYS: req. ARGV: offset_us, request_id, cost, prompt, completion, prefix
 SETTLE = r"""
 local now = now_us(ARGV[1])
 local r = fetch(KEYS[1])
-if r.state == nil then return {'unknown'} end
-if r.state == 'released' then return {'released'} end
+if r.state == nil then return 'unknown' end
+if r.state == 'released' then return 'released' end
 if r.state ~= 'reserved' then
-  return {'again', 'request_id', ARGV[2], 'tenant', r.tenant, 'model', r.model,
+  return words('again', 'request_id', ARGV[2], 'tenant', r.tenant, 'model', r.model,
     'prompt_tokens', r.prompt_tokens, 'completion_tokens', r.completion_tokens,
     'cost_micros', r.cost_micros, 'price_version', r.price_version, 'at_us', r.at_us,
-    'clamped', r.clamped, 'expired', r.expired}
+    'clamped', r.clamped, 'expired', r.expired)
 end
 if now >= tonumber(r.expires_us) then
-  return {'ok', unpack(charge_in_full(ARGV[6], KEYS[1], ARGV[2], r, now))}
+  return words('ok', unpack(charge_in_full(ARGV[6], KEYS[1], ARGV[2], r, now)))
 end
 local cost, prompt, completion = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local cost_max, tokens_max = tonumber(r.cost_max), tonumber(r.tokens_max)
@@ -212,8 +235,8 @@ if cost > cost_max or prompt + completion > tokens_max then clamped = 1 end
 cost = math.min(cost, cost_max)
 prompt = math.min(prompt, tokens_max)
 completion = math.min(completion, tokens_max - prompt)
-return {'ok', unpack(charge(ARGV[6], KEYS[1], ARGV[2], r, cost, prompt, completion, now,
-  clamped, 0))}
+return words('ok', unpack(charge(ARGV[6], KEYS[1], ARGV[2], r, cost, prompt, completion, now,
+  clamped, 0)))
 """
 
 # KEYS: req. ARGV: offset_us, request_id, prefix
@@ -226,7 +249,10 @@ if now >= tonumber(r.expires_us) then
   charge_in_full(ARGV[3], KEYS[1], ARGV[2], r, now)
   return 'expired'
 end
-unreserve(ARGV[3] .. 'tenant:' .. r.tenant, r)
+local tkey = ARGV[3] .. 'tenant:' .. r.tenant
+local t = fetch(tkey)
+unreserve(t, r)
+save(tkey, t)
 redis.call('HSET', KEYS[1], 'state', 'released')
 redis.call('ZREM', ARGV[3] .. 'leases', ARGV[2])
 return 'released'
@@ -241,14 +267,21 @@ for _, id in ipairs(ids) do
   local req_key = ARGV[2] .. 'req:' .. id
   charge_in_full(ARGV[2], req_key, id, fetch(req_key), now)
 end
-return #ids
+return istr(#ids)
 """
 
-# KEYS: tenant. ARGV: offset_us. Returns the tenant hash flattened, after any rollover.
+# KEYS: tenant. ARGV: offset_us. Returns the tenant's fields and values as seen after any
+# rollover (which it does not write: the next write does), or 'unknown'.
 USAGE = r"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-roll(KEYS[1], now_us(ARGV[1]))
-return redis.call('HGETALL', KEYS[1])
+local t = fetch(KEYS[1])
+if t.period == nil then return 'unknown' end
+roll(t, now_us(ARGV[1]))
+local out = {}
+for f, v in pairs(t) do
+  out[#out + 1] = f
+  out[#out + 1] = v
+end
+return table.concat(out, ' ')
 """
 
 

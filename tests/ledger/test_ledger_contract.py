@@ -7,6 +7,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from frugalserve.ledger import (
     BudgetExceeded,
@@ -21,7 +24,7 @@ from frugalserve.ledger import (
 from frugalserve.ledger.redis_backend import RedisLedger
 from frugalserve.ledger.sqlite import SQLiteLedger
 
-from .conftest import Backend
+from .conftest import Backend, start_redis
 
 pytestmark = pytest.mark.ledger
 
@@ -206,6 +209,30 @@ def test_open_ledger_urls(tmp_path: pytest.TempPathFactory, redis_server: object
     for bad in ("postgres://x", "sqlite:///", "nonsense"):
         with pytest.raises(ValueError, match="url"):
             open_ledger(bad)
+
+
+def test_redis_ledger_outlives_a_script_flush_and_dropped_connections(tmp_path: Path) -> None:
+    """The server may lose its script cache (a restart, SCRIPT FLUSH) or a connection: the
+    ledger loads its scripts again, retries as its client's `retry` says, and reconnects."""
+    server = start_redis(tmp_path)
+    admin = redis.Redis.from_url(server.url)
+    retrying = RedisLedger(redis.Redis.from_url(server.url, retry=Retry(NoBackoff(), 1)))
+    once = RedisLedger.from_url(server.url)  # redis-py's from_url default: no retries
+    try:
+        retrying.configure_tenant("acme", TenantLimits(limit_micros=1_000))
+        admin.script_flush()
+        retrying.reserve("acme", "a", 100, 10)
+        once.reserve("acme", "b", 100, 10)
+        assert admin.client_kill_filter(_type="normal", skipme=True) == 2
+        assert retrying.settle("a", 40, 1, 2).cost_micros == 40
+        with pytest.raises(redis.ConnectionError):
+            once.settle("b", 30, 1, 2)
+        assert once.settle("b", 30, 1, 2).cost_micros == 30  # on a new connection
+        assert once.usage("acme").spent_micros == 70
+    finally:
+        for client in (retrying, once, admin):
+            client.close()
+        server.stop()
 
 
 def test_sqlite_settlements_are_append_only(tmp_path: pytest.TempPathFactory) -> None:
