@@ -54,11 +54,11 @@ CREATE TABLE IF NOT EXISTS reservations (
   cost_max INTEGER NOT NULL, tokens_max INTEGER NOT NULL, expires_us INTEGER NOT NULL,
   model TEXT NOT NULL, price_version TEXT NOT NULL,
   state TEXT NOT NULL CHECK (state IN ('reserved', 'released', 'settled', 'expired'))
-) STRICT;
+) STRICT, WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reservations_open ON reservations(expires_us)
   WHERE state = 'reserved';
 CREATE TABLE IF NOT EXISTS settlements (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  seq INTEGER PRIMARY KEY,
   request_id TEXT NOT NULL UNIQUE REFERENCES reservations(request_id),
   tenant TEXT NOT NULL, model TEXT NOT NULL,
   prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
@@ -142,12 +142,12 @@ class _Tenant:
     def check_budget(self, cost_max: int, tokens_max: int) -> None:
         """Refuse unless used + wanted <= limit, for each limit that is set."""
         used_micros, used_tokens = self.used()
-        end = None if self.period_end_us is None else utc(self.period_end_us)
         for reason, limit, used, want in (
             ("budget_usd", self.limit_micros, used_micros, cost_max),
             ("budget_tokens", self.limit_tokens, used_tokens, tokens_max),
         ):
             if limit is not None and used + want > limit:
+                end = None if self.period_end_us is None else utc(self.period_end_us)
                 raise BudgetExceeded(self.name, reason, *self.remaining(), end)
 
     def take_rate(self, tokens_max: int, now_us: int) -> None:
@@ -184,6 +184,15 @@ class _Tenant:
 
 
 _COLUMNS = [f.name for f in fields(_Tenant)]
+_SELECT_TENANT = f"SELECT {', '.join(_COLUMNS)} FROM tenants WHERE name = ?"
+_RESERVATION_COLUMNS = (
+    "request_id, tenant, cost_max, tokens_max, expires_us, model, price_version, state"
+)
+_SELECT_RESERVATION = (  # the reservation, then its tenant's row as _Tenant takes it
+    f"SELECT {_RESERVATION_COLUMNS}, {', '.join(f't.{c}' for c in _COLUMNS)} "
+    "FROM reservations JOIN tenants t ON t.name = tenant WHERE request_id = ?"
+)
+_TENANT_AT = _RESERVATION_COLUMNS.count(",") + 1
 _INSERT_TENANT = (
     f"INSERT INTO tenants ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
@@ -264,10 +273,10 @@ class SQLiteLedger:
 
     @staticmethod
     def _load(db: sqlite3.Connection, tenant: str) -> _Tenant:
-        row = db.execute("SELECT * FROM tenants WHERE name = ?", (tenant,)).fetchone()
+        row = db.execute(_SELECT_TENANT, (tenant,)).fetchone()
         if row is None:
             raise UnknownTenant(tenant)
-        return _Tenant(**{c: row[c] for c in _COLUMNS})
+        return _Tenant(*row)
 
     @staticmethod
     def _save(db: sqlite3.Connection, t: _Tenant) -> None:
@@ -311,10 +320,14 @@ class SQLiteLedger:
         with self._write() as db:
             now = self._now_us()
             t = self._load(db, tenant)
-            if db.execute(
-                "SELECT 1 FROM reservations WHERE request_id = ?", (request_id,)
-            ).fetchone():
-                raise DuplicateRequest(request_id)
+            try:  # a refusal below rolls this back
+                db.execute(
+                    "INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved')",
+                    (request_id, tenant, cost_max, tokens_max, now + lease_us, model,
+                     price_version),
+                )
+            except sqlite3.IntegrityError:  # the tenant exists, so only the request id clashes
+                raise DuplicateRequest(request_id) from None
             t.roll(now)
             t.check_budget(cost_max, tokens_max)
             t.take_rate(tokens_max, now)
@@ -322,10 +335,6 @@ class SQLiteLedger:
             t.reserved_tokens += tokens_max
             t.in_flight += 1
             self._save(db, t)
-            db.execute(
-                "INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved')",
-                (request_id, tenant, cost_max, tokens_max, now + lease_us, model, price_version),
-            )
         return Reservation(tenant, request_id, cost_max, tokens_max, (now + lease_us) / 1e6)
 
     def _charge(
@@ -338,7 +347,7 @@ class SQLiteLedger:
     ) -> Settlement:
         """Move a reservation into spent usage and append its settlement record."""
         cost, prompt, completion, clamped = charge
-        t = self._load(db, res["tenant"])
+        t = _Tenant(*res[_TENANT_AT:])
         t.roll(now)
         t.unreserve(res["cost_max"], res["tokens_max"])
         t.spent_micros += cost
@@ -386,9 +395,9 @@ class SQLiteLedger:
 
     @staticmethod
     def _reservation(db: sqlite3.Connection, request_id: str) -> sqlite3.Row:
-        row = db.execute(
-            "SELECT * FROM reservations WHERE request_id = ?", (request_id,)
-        ).fetchone()
+        """The reservation joined with its tenant's row (as it is now: load it again after a
+        write to the tenant)."""
+        row = db.execute(_SELECT_RESERVATION, (request_id,)).fetchone()
         if row is None:
             raise UnknownReservation(request_id)
         return row  # type: ignore[no-any-return]
@@ -425,7 +434,7 @@ class SQLiteLedger:
             if now >= res["expires_us"]:
                 self._charge_in_full(db, res, now)
                 return
-            t = self._load(db, res["tenant"])
+            t = _Tenant(*res[_TENANT_AT:])
             t.unreserve(res["cost_max"], res["tokens_max"])
             self._save(db, t)
             db.execute(
@@ -435,12 +444,13 @@ class SQLiteLedger:
     def expire(self) -> int:
         with self._write() as db:
             now = self._now_us()
-            rows = db.execute(
-                "SELECT * FROM reservations WHERE state = 'reserved' AND expires_us <= ?", (now,)
+            due = db.execute(
+                "SELECT request_id FROM reservations WHERE state = 'reserved' AND expires_us <= ?",
+                (now,),
             ).fetchall()
-            for res in rows:
-                self._charge_in_full(db, res, now)
-        return len(rows)
+            for (request_id,) in due:  # one at a time: each charge changes its tenant's row
+                self._charge_in_full(db, self._reservation(db, request_id), now)
+        return len(due)
 
     def usage(self, tenant: str) -> Usage:
         validate.name("tenant", tenant)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from frugalserve.ledger import (
+    BudgetExceeded,
     DuplicateRequest,
     InvalidLedgerInput,
     Ledger,
@@ -103,6 +104,7 @@ def test_bad_input_is_refused_naming_the_parameter(
         (UnknownTenant, lambda lg: lg.usage("ghost")),
         (DuplicateRequest, lambda lg: lg.reserve("acme", "open", 1, 1)),
         (DuplicateRequest, lambda lg: lg.reserve("acme", "done", 1, 1)),
+        (DuplicateRequest, lambda lg: lg.reserve("acme", "open", 10**6, 1)),  # not over budget
         (UnknownReservation, lambda lg: lg.settle("ghost", 1, 1, 1)),
         (UnknownReservation, lambda lg: lg.release("ghost")),
     ],
@@ -114,6 +116,13 @@ def test_unknown_and_duplicate_ids_are_refused(
     with pytest.raises(error):
         call(seeded)
     assert snapshot(seeded) == before
+
+
+def test_a_refused_id_was_never_reserved(seeded: Ledger) -> None:
+    with pytest.raises(BudgetExceeded):
+        seeded.reserve("acme", "big", 10**6, 1)
+    seeded.reserve("acme", "big", 1, 1)  # nothing of the refused attempt was kept
+    assert seeded.usage("acme").in_flight == 2
 
 
 def test_a_released_id_cannot_be_reused(seeded: Ledger) -> None:
