@@ -1,6 +1,8 @@
 """Benchmark of the budget ledger: reserve+settle pairs per second and admission latency for
-each backend with 1 and 8 client processes, beside this run's floors (raw `redis-benchmark`
-SET with AOF always; one durable SQLite commit). Appends to docs/benchmarks.md.
+each backend with 1 client, 8 client threads in one process (as a gateway replica issues them:
+each request's ledger call runs in a worker thread) and 8 client processes, beside this run's
+floors measured the same ways (raw `redis-benchmark` SET with AOF always, whose 8 connections
+share one process; one durable SQLite commit). Appends to docs/benchmarks.md.
 
 Run: python bench/ledger.py [--seconds 3] [--no-doc]
 The last line of output is one JSON object."""
@@ -14,10 +16,12 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,13 +34,15 @@ from frugalserve.ledger.redis_backend import RedisLedger
 from frugalserve.ledger.sqlite import SQLiteLedger
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-CLIENTS = (1, 8)
+SHAPES = ((1, "process"), (8, "threads"), (8, "processes"))
+"""(clients, how they run): one process, threads of one process, or processes."""
 
 
 @dataclass
 class Result:
     name: str
     clients: int
+    how: str
     ops_per_s: float
     p50_ms: float
     p99_ms: float
@@ -57,11 +63,12 @@ def ledger_client(kind: str, target: str, seconds: float, barrier: Any, out: Any
     ledger = open_backend(kind, target)
     reserve_s: list[float] = []
     pair_s: list[float] = []
+    client = f"{os.getpid()}.{threading.get_ident()}"
     barrier.wait()
     end = time.perf_counter() + seconds
     i = 0
     while (t0 := time.perf_counter()) < end:
-        rid = f"{os.getpid()}-{i}"
+        rid = f"{client}-{i}"
         ledger.reserve("bench", rid, 1_000, 200, model="m", price_version="p1")
         t1 = time.perf_counter()
         ledger.settle(rid, 700, 100, 50)
@@ -89,31 +96,48 @@ def commit_client(path: str, seconds: float, barrier: Any, out: Any) -> None:
     out.put((latencies, latencies))
 
 
-def run_clients(target: Any, args: tuple[Any, ...], clients: int, seconds: float) -> list[Any]:
-    ctx = mp.get_context("fork")
-    barrier, out = ctx.Barrier(clients), ctx.Queue()
-    procs = [
-        ctx.Process(target=target, args=(*args, seconds, barrier, out)) for _ in range(clients)
-    ]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=seconds + 120) for _ in procs]
-    for p in procs:
-        p.join()
+def run_clients(
+    target: Any, args: tuple[Any, ...], clients: int, how: str, seconds: float
+) -> list[Any]:
+    """Run `clients` copies of `target`, each with its own ledger or connection, as threads of
+    this process or as forked processes; what each one reports."""
+    workers: list[threading.Thread] | list[mp.Process]
+    if how == "threads":
+        barrier: Any = threading.Barrier(clients)
+        out: Any = queue.Queue()
+        workers = [
+            threading.Thread(target=target, args=(*args, seconds, barrier, out))
+            for _ in range(clients)
+        ]
+    else:
+        ctx = mp.get_context("fork")
+        barrier, out = ctx.Barrier(clients), ctx.Queue()
+        workers = [
+            ctx.Process(target=target, args=(*args, seconds, barrier, out)) for _ in range(clients)
+        ]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=seconds + 120) for _ in workers]
+    for w in workers:
+        w.join()
     return results
 
 
-def measure(name: str, target: Any, args: tuple[Any, ...], clients: int, seconds: float) -> Result:
-    results = run_clients(target, args, clients, seconds)
+def measure(
+    name: str, target: Any, args: tuple[Any, ...], clients: int, how: str, seconds: float
+) -> Result:
+    results = run_clients(target, args, clients, how, seconds)
     first = [v for r in results for v in r[0]]
     pairs = [v for r in results for v in r[1]]
     return Result(
-        name, clients, len(first) / seconds, pct(first, 0.5), pct(first, 0.99), pct(pairs, 0.99)
+        name, clients, how, len(first) / seconds, pct(first, 0.5), pct(first, 0.99),
+        pct(pairs, 0.99),
     )
 
 
 def redis_benchmark(port: int, clients: int) -> Result:
-    """Raw `SET` through redis-benchmark against the same AOF-always server."""
+    """Raw `SET` through redis-benchmark against the same AOF-always server: its `clients`
+    connections share one process."""
     n = str(4_000 * clients)
     out = subprocess.run(
         ["redis-benchmark", "-p", str(port), "-c", str(clients), "-n", n, "-t", "set", "--csv"],
@@ -125,6 +149,7 @@ def redis_benchmark(port: int, clients: int) -> Result:
     return Result(
         "redis-benchmark SET (floor)",
         clients,
+        "connections" if clients > 1 else "connection",
         float(row["rps"]),
         float(row["p50_latency_ms"]),
         float(row["p99_latency_ms"]),
@@ -140,9 +165,11 @@ def bench_redis(workdir: Path, seconds: float, appendfsync: str = "always") -> l
         setup.configure_tenant("bench", TenantLimits(limit_micros=10**15, period=Period.NEVER))
         setup.close()
         out = []
-        for c in CLIENTS:
-            out.append(redis_benchmark(server.port, c))
-            out.append(measure("redis ledger", ledger_client, ("redis", server.url), c, seconds))
+        for c, how in SHAPES:
+            if how != "processes":  # the floor's 8 connections are in one process anyway
+                out.append(redis_benchmark(server.port, c))
+            args = ("redis", server.url)
+            out.append(measure("redis ledger", ledger_client, args, c, how, seconds))
         suffix = "" if appendfsync == "always" else f" [appendfsync {appendfsync}]"
         for r in out:
             r.name += suffix
@@ -161,43 +188,49 @@ def bench_sqlite(workdir: Path, seconds: float) -> list[Result]:
     setup.configure_tenant("bench", TenantLimits(limit_micros=10**15, period=Period.NEVER))
     setup.close()
     out = []
-    for c in CLIENTS:
-        out.append(measure("sqlite durable commit (floor)", commit_client, (floor_db,), c, seconds))
-        out.append(measure("sqlite ledger", ledger_client, ("sqlite", ledger_db), c, seconds))
+    for c, how in SHAPES:
+        floor = "sqlite durable commit (floor)"
+        out.append(measure(floor, commit_client, (floor_db,), c, how, seconds))
+        out.append(measure("sqlite ledger", ledger_client, ("sqlite", ledger_db), c, how, seconds))
     return out
 
 
 def table(results: list[Result]) -> str:
     lines = [
         "| what | clients | ops/s (ledger: pairs/s) | p50 ms | p99 ms | pair p99 ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in results:
         pair = "" if r.pair_p99_ms is None or "floor" in r.name else f"{r.pair_p99_ms:.3f}"
         lines.append(
-            f"| {r.name} | {r.clients} | {r.ops_per_s:,.0f} | {r.p50_ms:.3f} | "
+            f"| {r.name} | {r.clients} {r.how} | {r.ops_per_s:,.0f} | {r.p50_ms:.3f} | "
             f"{r.p99_ms:.3f} | {pair} |"
         )
     return "\n".join(lines)
 
 
 def summary(results: list[Result]) -> dict[str, float]:
-    def get(name: str) -> Result:
-        return next(r for r in results if r.name == name and r.clients == 8)
+    """The targets' figures at 8 clients: as threads of one process (the keys the issue names),
+    then as processes (the same keys ending in `_8p`)."""
 
-    redis, sqlite, floor = (
-        get("redis ledger"),
-        get("sqlite ledger"),
-        get("sqlite durable commit (floor)"),
-    )
-    return {
-        "redis_p99_ms_8c": round(redis.p99_ms, 3),
-        "sqlite_p99_ms_8c": round(sqlite.p99_ms, 3),
-        # time per ledger op (a pair is two durable commits) over time per floor commit
-        "sqlite_vs_commit_floor": round(floor.ops_per_s / (2 * sqlite.ops_per_s), 3),
-        "redis_pairs_per_s_8c": round(redis.ops_per_s, 1),
-        "sqlite_pairs_per_s_8c": round(sqlite.ops_per_s, 1),
-    }
+    def figures(how: str, suffix: str) -> dict[str, float]:
+        def get(name: str) -> Result:
+            return next(r for r in results if (r.name, r.clients, r.how) == (name, 8, how))
+
+        redis, sqlite = get("redis ledger"), get("sqlite ledger")
+        floor = get("sqlite durable commit (floor)")
+        return {
+            f"redis_p99_ms_{suffix}": round(redis.p99_ms, 3),
+            f"sqlite_p99_ms_{suffix}": round(sqlite.p99_ms, 3),
+            # time per ledger op (a pair is two durable commits) over time per floor commit
+            f"sqlite_vs_commit_floor{'' if suffix == '8c' else '_' + suffix}": round(
+                floor.ops_per_s / (2 * sqlite.ops_per_s), 3
+            ),
+            f"redis_pairs_per_s_{suffix}": round(redis.ops_per_s, 1),
+            f"sqlite_pairs_per_s_{suffix}": round(sqlite.ops_per_s, 1),
+        }
+
+    return figures("threads", "8c") | figures("processes", "8p")
 
 
 def append_doc(command: str, results: list[Result], line: dict[str, float]) -> None:
@@ -212,9 +245,11 @@ def append_doc(command: str, results: list[Result], line: dict[str, float]) -> N
         "`redis-benchmark -t set` against the same AOF `appendfsync always` server, and "
         "single-row `BEGIN IMMEDIATE; INSERT; COMMIT` in WAL with `synchronous=FULL`. Targets: "
         "Redis admission p99 < 1 ms at 8 clients; SQLite within 2x of one durable commit per "
-        "operation (`sqlite_vs_commit_floor` <= 2). The JSON uses the durable `always` rows; the "
-        "`everysec` rows are for comparison only (they may lose the last second on a power "
-        "loss).\n\n"
+        "operation (`sqlite_vs_commit_floor` <= 2). Each client has its own ledger (its own "
+        "connection); 8 clients run as threads of one process, the way a gateway replica's "
+        "requests call the ledger from worker threads (the JSON's `_8c` keys), and as 8 "
+        "processes (`_8p`). The JSON uses the durable `always` rows; the `everysec` rows are for "
+        "comparison only (they may lose the last second on a power loss).\n\n"
         f"{table(results)}\n\n```json\n{json.dumps(line)}\n```\n"
     )
     DOC.write_text(text.rstrip("\n") + "\n" + section)
