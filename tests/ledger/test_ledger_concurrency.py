@@ -1,13 +1,15 @@
 """Budgets and rate limits are exact across OS processes: 4 clients x 250 requests against one
-ledger never overshoot, and the same load with check-then-charge does (the negative control)."""
+ledger never overshoot, and the same load with check-then-charge does (the negative control).
+One ledger shared by threads, as a gateway replica shares it, is exact too."""
 
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from frugalserve.ledger import Period, TenantLimits
+from frugalserve.ledger import BudgetExceeded, Period, TenantLimits
 
 from . import procs
 from .conftest import Backend, totals_of
@@ -82,3 +84,28 @@ def test_rate_limit_is_exact_across_processes(backend: Backend) -> None:
     assert max(per_minute.values()) <= rpm
     assert len(times) >= min(rpm, CLIENTS * 40)
     assert len(times) + sum(int(r["limited"]) for r in reports) == CLIENTS * 40  # type: ignore[call-overload]
+
+
+def test_no_overshoot_across_threads_sharing_one_ledger(backend: Backend) -> None:
+    ledger = backend.ledger
+    ledger.configure_tenant("acme", TenantLimits(limit_micros=BUDGET, period=Period.NEVER))
+
+    def client(n: int) -> int:
+        admitted = 0
+        for i in range(50):
+            try:
+                ledger.reserve("acme", f"t{n}-{i}", COST_MAX, 100)
+            except BudgetExceeded:
+                continue
+            ledger.settle(f"t{n}-{i}", COST_MAX - i, 10, 20)
+            admitted += 1
+        return admitted
+
+    with ThreadPoolExecutor(8) as pool:
+        admitted = sum(pool.map(client, range(8)))
+    u = ledger.usage("acme")
+    records = ledger.settlements("acme")
+    assert u.spent_micros <= BUDGET
+    assert admitted >= BUDGET // COST_MAX
+    assert (u.reserved_micros, u.in_flight, len(records)) == (0, 0, admitted)
+    assert u.spent_micros == sum(s.cost_micros for s in records)
