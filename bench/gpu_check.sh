@@ -34,8 +34,8 @@ print('transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/env.log"
 
 status=0
-PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout 300 "$PYTHON" -m pytest tests/engine -q -rs \
-    -m engine -k cuda -p pytest_asyncio.plugin -p pytest_timeout -p no:cacheprovider \
-    -o filterwarnings= 2>&1 | tee "$OUT/engine-tests.log" || status=1
+PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout 240 "$PYTHON" -m pytest tests/engine -q -rs \
+    --durations=5 -m engine -k cuda -p pytest_asyncio.plugin -p pytest_timeout \
+    -p no:cacheprovider -o filterwarnings= 2>&1 | tee "$OUT/engine-tests.log" || status=1
 timeout 240 "$PYTHON" bench/engine.py --device cuda 2>&1 | tee "$OUT/gpu-bench.log" || status=1
 exit $status
