@@ -1,10 +1,14 @@
 """How the gateway reaches a model: `ModelClient`, implemented in-process over an engine
 (`EngineClient`, used by the model deployment itself and by fast tests with a fake engine) and
-over a Ray Serve deployment handle (`HandleClient`, used by the gateway deployment)."""
+over a Ray Serve deployment handle (`HandleClient`, used by the gateway deployment). Streaming
+requests receive the engine's deltas one by one; non-streaming ones one `Completion`, which
+spares a Ray message per token between the deployments."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -23,6 +27,47 @@ class Prepared:
 
     prompt_ids: list[int]
     max_context_tokens: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A generation returned whole: its text, how it ended and the exact counts of the last
+    delta produced. `first_token_s` is the wait for the first delta (None if there was none);
+    `error` describes an engine failure part way, the counts being what it produced before."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_s: float | None
+    error: str | None = None
+
+
+class EngineFailed(RuntimeError):
+    """The engine failed part way through a generation (`Completion.error`)."""
+
+
+async def collect(deltas: AsyncGenerator[TokenDelta, None], prompt_tokens: int) -> Completion:
+    """Run `deltas` to the end (closing it if cancelled, which frees the engine's slot)."""
+    start = time.monotonic()
+    text: list[str] = []
+    first: float | None = None
+    last: TokenDelta | None = None
+    error = None
+    async with aclosing(deltas):
+        try:
+            async for delta in deltas:
+                if first is None:
+                    first = time.monotonic() - start
+                text.append(delta.text)
+                last = delta
+        except Exception as exc:
+            log.exception("generation failed after %d token(s)",
+                          last.completion_tokens if last else 0)
+            error = f"{type(exc).__name__}: {exc}"
+    return Completion("".join(text), last.finish_reason if last else None,
+                      last.prompt_tokens if last else prompt_tokens,
+                      last.completion_tokens if last else 0, first, error)
 
 
 class TextEncoder(Protocol):
@@ -50,6 +95,8 @@ class ModelClient(Protocol):
                       prompt: str | None) -> Prepared: ...
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  request_id: str) -> AsyncGenerator[TokenDelta, None]: ...
+    async def complete(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> Completion: ...
     async def stats(self) -> dict[str, Any]: ...
 
 
@@ -90,6 +137,10 @@ class EngineClient:
             async for delta in deltas:
                 yield delta
 
+    async def complete(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> Completion:
+        return await collect(self.generate(prompt_ids, params, request_id), len(prompt_ids))
+
     async def stats(self) -> dict[str, Any]:
         return self.engine.stats()
 
@@ -121,6 +172,16 @@ class HandleClient:
                 yield delta
         finally:
             response.cancel()
+
+    async def complete(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> Completion:
+        response = self.handle.complete.remote(prompt_ids, params, request_id)
+        try:
+            result: Completion = await response
+        except asyncio.CancelledError:
+            response.cancel()  # the deployment closes the generation, freeing its slot
+            raise
+        return result
 
     async def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = await self.handle.stats.remote()

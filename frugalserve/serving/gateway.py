@@ -20,7 +20,7 @@ from frugalserve.api.models import OnExceeded
 from frugalserve.ledger import BudgetExceeded, Ledger, RateLimited, Usage
 from frugalserve.ledger.validate import MAX_LEASE_S
 from frugalserve.pricing.live import LiveCost, Prices
-from frugalserve.serving.clients import ModelClient
+from frugalserve.serving.clients import Completion, EngineFailed, ModelClient
 from frugalserve.serving.config import (
     GatewayUserConfig,
     ModelConfig,
@@ -297,10 +297,7 @@ class Gateway:
     ) -> AsyncGenerator[TokenDelta, None]:
         """Stream the engine's deltas; settle, once, the counts of the last delta handed to the
         consumer (all of them on success; what was received on disconnect or produced on error)."""
-        self._unstarted.pop(adm.request_id, None)  # from here on this run settles it
-        cost = self.costs[adm.model]
-        cost.begin()
-        start = time.monotonic()
+        start = self._start(adm)
         first: float | None = None
         last: TokenDelta | None = None
         outcome = "error"
@@ -317,14 +314,52 @@ class Gateway:
             outcome = "disconnected"
             raise
         finally:
-            prompt = last.prompt_tokens if last else len(adm.prompt_ids)
-            completion = last.completion_tokens if last else 0
-            settle = self._spawn(asyncio.to_thread(self._charge, adm, prompt, completion))
-            self.metrics.in_flight.labels(adm.tenant).dec()
-            end = time.monotonic()
-            self._observe(adm, outcome, prompt, completion, start, first, end)
-            cost.end(prompt, completion, (first or end) - start, end - (first or end))
-            await asyncio.shield(settle)
+            await self._settle(adm, outcome, last.prompt_tokens if last else len(adm.prompt_ids),
+                               last.completion_tokens if last else 0, start, first)
+
+    async def complete(self, adm: Admission, params: SamplingParams) -> Completion:
+        """Run the request to its end in one model call (no per-token messages); settle, once,
+        what the engine produced (also when it failed part way, then raise `EngineFailed`),
+        or only the prompt if the caller leaves first: it received no completion."""
+        start = self._start(adm)
+        done: Completion | None = None
+        outcome = "error"
+        try:
+            done = await self.clients[adm.model].complete(adm.prompt_ids, params,
+                                                          adm.request_id)
+            if done.first_token_s is None:
+                outcome = "empty"
+            elif done.error is None:
+                outcome = done.finish_reason or "stop"
+        except asyncio.CancelledError:
+            outcome = "disconnected"
+            raise
+        finally:
+            got = done or Completion("", None, len(adm.prompt_ids), 0, None)
+            first = None if got.first_token_s is None else start + got.first_token_s
+            await self._settle(adm, outcome, got.prompt_tokens, got.completion_tokens, start,
+                               first)
+        if done.error is not None:
+            raise EngineFailed(f"{adm.request_id}: {done.error}")
+        return done
+
+    def _start(self, adm: Admission) -> float:
+        """Mark the run of `adm` started (from here on its run settles it); its start time."""
+        self._unstarted.pop(adm.request_id, None)
+        self.costs[adm.model].begin()
+        return time.monotonic()
+
+    async def _settle(self, adm: Admission, outcome: str, prompt: int, completion: int,
+                      start: float, first: float | None) -> None:
+        """Charge a run's counts once (even if the caller is cancelled meanwhile) and record
+        its metrics and live-cost sample."""
+        settle = self._spawn(asyncio.to_thread(self._charge, adm, prompt, completion))
+        self.metrics.in_flight.labels(adm.tenant).dec()
+        end = time.monotonic()
+        self._observe(adm, outcome, prompt, completion, start, first, end)
+        self.costs[adm.model].end(prompt, completion, (first or end) - start,
+                                  end - (first or end))
+        await asyncio.shield(settle)
 
     def _observe(self, adm: Admission, outcome: str, prompt: int, completion: int,
                  start: float, first: float | None, end: float) -> None:

@@ -114,23 +114,18 @@ async def _complete(gateway: Gateway, request: Request,
         return error_response(exc)
     params = SamplingParams(max_tokens=adm.max_tokens, temperature=req.temperature,
                             top_p=req.top_p, top_k=req.top_k, seed=req.seed, stop=req.stops())
-    deltas = gateway.run(adm, params)
     headers = _headers(adm)
     if req.stream:
+        deltas = gateway.run(adm, params)
         return SettlingStream(_sse(adm, req, deltas), lambda: gateway.finish(adm, deltas),
                               media_type="text/event-stream", headers=headers)
-    text, finish, prompt, completion = [], "stop", len(adm.prompt_ids), 0
     try:
-        async for delta in deltas:
-            text.append(delta.text)
-            finish = delta.finish_reason or finish
-            prompt, completion = delta.prompt_tokens, delta.completion_tokens
+        done = await gateway.complete(adm, params)
     except Exception as exc:
         return error_response(exc)
-    finally:
-        await gateway.finish(adm, deltas)
     build = protocol.chat_response if isinstance(req, ChatRequest) else protocol.text_response
-    body_out = build(adm.request_id, adm.model, "".join(text), finish, prompt, completion)
+    body_out = build(adm.request_id, adm.model, done.text, done.finish_reason or "stop",
+                     done.prompt_tokens, done.completion_tokens)
     return JSONResponse(body_out, headers=headers)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray import serve
 
-from frugalserve.serving.clients import EngineClient, Prepared
+from frugalserve.serving.clients import Completion, EngineClient, Prepared
 from frugalserve.serving.config import ModelConfig
 from frugalserve.serving.engine import Engine, SamplingParams, TokenDelta
 
@@ -44,6 +44,11 @@ class ModelServer:
                        request_id: str) -> AsyncIterator[TokenDelta]:
         async for delta in self.engine.generate(prompt_ids, params, request_id):
             yield delta
+
+    async def complete(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> Completion:
+        """The whole generation in one reply (non-streaming requests)."""
+        return await self.client.complete(prompt_ids, params, request_id)
 
     async def stats(self) -> dict[str, Any]:
         return self.engine.stats()

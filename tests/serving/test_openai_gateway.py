@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from frugalserve.serving import local
 from frugalserve.serving.engine.checkpoint import resolve_source
 from frugalserve.serving.engine.tokenizer import Tokenizer
 from tests.serving.conftest import Served
@@ -135,6 +136,32 @@ async def test_disconnect_mid_stream_is_charged_what_was_received(served: Served
     usage = await asyncio.to_thread(settled_usage, served, "default/leaver")
     charged = usage.tokens_completion - before.tokens_completion
     assert 5 <= charged < 480, charged
+
+
+async def test_non_streaming_client_leaving_pays_the_prompt_and_frees_the_engine(
+        served: Served) -> None:
+    """A non-streaming client that hangs up before its completion arrives received none of it:
+    it pays only its prompt, and its generation stops (the model replicas run nothing after)."""
+    from ray import serve
+
+    from frugalserve.serving.config import model_deployment_name
+
+    stats = serve.get_deployment_handle(model_deployment_name("dense"),
+                                        app_name=local.APP_NAME).stats
+    before = served.ledger.usage("default/leaver")
+    body = {"model": "dense", "prompt": "Hello", "max_tokens": 480}
+    headers = {"Authorization": f"Bearer {served.plan.keys['default/leaver']}"}
+    async with httpx.AsyncClient(base_url=served.base_url, timeout=0.5) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/completions", json=body, headers=headers)
+    usage = await asyncio.to_thread(settled_usage, served, "default/leaver")
+    tok = Tokenizer.from_dir(resolve_source("builtin://tiny-dense"))
+    assert usage.tokens_prompt - before.tokens_prompt == len(tok.encode("Hello"))
+    assert usage.tokens_completion == before.tokens_completion
+    # Unstopped, 480 tokens would keep a replica busy for seconds; ask both replicas (the
+    # handle picks one at random per call) that nothing is running.
+    running = [(await stats.remote())["running"] for _ in range(12)]
+    assert running == [0] * 12, running
 
 
 async def burst(target: Served, n: int = 200) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """Settlement at the edges: a client that leaves mid-stream pays for what it received, an engine
-that fails mid-stream charges what it produced, and with a budget for ~20 requests 200
-concurrent requests never overspend — unless reservations are switched off (negative control)."""
+that fails mid-stream charges what it produced (streamed or returned whole), and with a budget
+for ~20 requests 200 concurrent requests never overspend — unless reservations are switched off
+(negative control)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import threading
 import pytest
 
 from frugalserve.ledger import BudgetExceeded, Ledger
-from frugalserve.serving.clients import EngineClient
+from frugalserve.serving.clients import EngineClient, EngineFailed
 from frugalserve.serving.engine import SamplingParams
 from frugalserve.serving.gateway import Gateway
 from frugalserve.serving.protocol import CompletionRequest
@@ -53,6 +54,45 @@ async def test_engine_error_settles_what_was_produced(ledger: Ledger) -> None:
             pass
     usage = ledger.usage("alice")
     assert (usage.tokens_completion, usage.spent_micros, usage.in_flight) == (2, 2 + 20, 0)
+
+
+async def test_whole_completion_charges_what_the_engine_produced(ledger: Ledger) -> None:
+    gw = gateway(ledger, FakeEngine("big"))
+    alice = gw.authenticate("Bearer sk-alice")
+    adm = await gw.admit(alice, CompletionRequest(model="big", prompt="abc", max_tokens=5))
+    done = await gw.complete(adm, SamplingParams(max_tokens=adm.max_tokens))
+    assert (done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens) == (
+        "xxxxx", "length", 3, 5)
+    usage = ledger.usage("alice")
+    assert (usage.tokens_completion, usage.spent_micros, usage.in_flight) == (5, 3 + 50, 0)
+
+
+async def test_whole_completion_engine_error_settles_what_was_produced(ledger: Ledger) -> None:
+    gw = gateway(ledger, FakeEngine("big", fail_after=2))
+    alice = gw.authenticate("Bearer sk-alice")
+    adm = await gw.admit(alice, CompletionRequest(model="big", prompt="ab", max_tokens=9))
+    with pytest.raises(EngineFailed, match="engine exploded"):
+        await gw.complete(adm, SamplingParams(max_tokens=adm.max_tokens))
+    usage = ledger.usage("alice")
+    assert (usage.tokens_completion, usage.spent_micros, usage.in_flight) == (2, 2 + 20, 0)
+
+
+async def test_whole_completion_left_by_its_caller_pays_the_prompt_and_frees_the_slot(
+        ledger: Ledger) -> None:
+    engine = FakeEngine("big", step_s=0.005)
+    gw = gateway(ledger, engine)
+    alice = gw.authenticate("Bearer sk-alice")
+    adm = await gw.admit(alice, CompletionRequest(model="big", prompt="abcd", max_tokens=200))
+    call = asyncio.ensure_future(gw.complete(adm, SamplingParams(max_tokens=adm.max_tokens)))
+    while engine.produced.get(adm.request_id, (0, 0))[1] < 3:
+        await asyncio.sleep(0.005)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert engine.running == 0  # the engine's slot was freed
+    usage = ledger.usage("alice")  # it received no completion, so it pays only the prompt
+    assert (usage.tokens_prompt, usage.tokens_completion, usage.in_flight) == (4, 0, 0)
+    assert usage.spent_micros == 4 * 1
 
 
 async def burst(gw: Gateway, n: int) -> int:
