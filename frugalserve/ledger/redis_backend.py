@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, cast
 
@@ -43,9 +42,9 @@ def _opt(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
-    items = [_s(v) for v in flat]
-    return dict(zip(items[::2], items[1::2], strict=True))
+def _pairs(words: list[str]) -> dict[str, str]:
+    """A script's reply of alternating field names and values."""
+    return dict(zip(words[::2], words[1::2], strict=True))
 
 
 def _settlement(f: dict[str, str]) -> Settlement:
