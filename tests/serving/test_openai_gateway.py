@@ -149,17 +149,17 @@ async def test_non_streaming_client_leaving_pays_the_prompt_and_frees_the_engine
     stats = serve.get_deployment_handle(model_deployment_name("dense"),
                                         app_name=local.APP_NAME).stats
     before = served.ledger.usage("default/leaver")
-    body = {"model": "dense", "prompt": "Hello", "max_tokens": 480}
+    body = {"model": "dense", "prompt": "Hello", "max_tokens": 480, "temperature": 0}
     headers = {"Authorization": f"Bearer {served.plan.keys['default/leaver']}"}
-    async with httpx.AsyncClient(base_url=served.base_url, timeout=0.5) as http:
+    async with httpx.AsyncClient(base_url=served.base_url, timeout=0.3) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.post("/completions", json=body, headers=headers)
     usage = await asyncio.to_thread(settled_usage, served, "default/leaver")
     tok = Tokenizer.from_dir(resolve_source("builtin://tiny-dense"))
     assert usage.tokens_prompt - before.tokens_prompt == len(tok.encode("Hello"))
     assert usage.tokens_completion == before.tokens_completion
-    # Unstopped, 480 tokens would keep a replica busy for seconds; ask both replicas (the
-    # handle picks one at random per call) that nothing is running.
+    # Greedy, "Hello" runs all 480 tokens (~1 s on an idle replica) unless stopped; ask both
+    # replicas (the handle picks one at random per call) that nothing is running.
     running = [(await stats.remote())["running"] for _ in range(12)]
     assert running == [0] * 12, running
 
