@@ -11,6 +11,7 @@ import torch
 
 from frugalserve.serving.engine.checkpoint import load_model, write_checkpoint
 from frugalserve.serving.engine.decode import decode_step, prefill
+from frugalserve.serving.engine.graphs import GraphDecode, graphs_by_default
 from frugalserve.serving.engine.model import ModelArgs, Transformer
 from frugalserve.serving.engine.quantize import swap_linears
 
@@ -48,10 +49,14 @@ def load_ours(path: Path, max_batch: int = 4, max_seq: int = 256,
 
 
 def greedy(model: Transformer, prompt: list[int], n: int, slot: int = 0) -> list[int]:
-    """n greedy tokens from our prefill/decode_step (EOS does not stop it)."""
+    """n greedy tokens from our prefill and decode step (EOS does not stop it); a dense model
+    on a GPU decodes through CUDA graphs, as an engine there does."""
+    cache_len = model.layers[0].attention.kv_cache.k.shape[2]
+    graphs = GraphDecode(model, 1, cache_len) if graphs_by_default(model) else None
     out = [int(prefill(model, prompt, slot).argmax())]
     while len(out) < n:
-        logits = decode_step(model, [out[-1]], [len(prompt) + len(out) - 1], [slot])
+        rows = ([out[-1]], [len(prompt) + len(out) - 1], [slot])
+        logits = decode_step(model, *rows) if graphs is None else graphs(*rows)
         out.append(int(logits[0].argmax()))
     return out
 

@@ -23,9 +23,12 @@ ARRIVALS = [(0, PROMPTS[0], 24), (0, PROMPTS[2], 12), (3, PROMPTS[1], 30), (5, P
 
 
 def run(model: Transformer, arrivals: list[tuple[int, list[int], int]],
-        params: dict | None = None) -> dict[str, list[TokenDelta]]:
-    """Drive a scheduler step by step, submitting each request at its step; collect deltas."""
-    scheduler = Scheduler(model, lambda ids: "", max_batch_size=4, max_context_tokens=256)
+        params: dict | None = None,
+        scheduler: Scheduler | None = None) -> dict[str, list[TokenDelta]]:
+    """Drive a scheduler (default: 4 slots, 256 tokens, the device's default decode step)
+    step by step, submitting each request at its step; collect deltas."""
+    scheduler = scheduler or Scheduler(model, lambda ids: "", max_batch_size=4,
+                                       max_context_tokens=256)
     scheduler.eos_ids = set()  # run every request to max_tokens
     deltas: dict[str, list[TokenDelta]] = {}
     step = 0

@@ -58,7 +58,7 @@ class Engine:
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, model_name: str,
                  max_batch_size: int, max_context_tokens: int,
-                 compile_decode: bool = False) -> None:
+                 compile_decode: bool = False, cuda_graphs: bool | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -69,9 +69,11 @@ class Engine:
         model.setup_cache(max_batch_size, max_context_tokens)
         if compile_decode and max_batch_size != 1:
             raise ValueError("compile_decode needs max_batch_size=1 (the batch-1 decode step)")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device; the model is on {self.device}")
         self.compiled = CompiledDecode(model) if compile_decode else None
         self.scheduler = Scheduler(model, tokenizer.decode, max_batch_size, max_context_tokens,
-                                   self.compiled)
+                                   self.compiled, graph_decode=cuda_graphs)
         self.telemetry = ExpertTelemetry(model) if model.args.moe is not None else None
         self._wake = threading.Condition()
         self._closed = False
@@ -83,7 +85,8 @@ class Engine:
                     max_context_tokens: int | None = None, revision: str | None = None,
                     device: str = "cpu", cache_dir: str | os.PathLike | None = None,
                     progress: Callable[[str], None] | None = None,
-                    num_threads: int | None = None, compile_decode: bool = False) -> Engine:
+                    num_threads: int | None = None, compile_decode: bool = False,
+                    cuda_graphs: bool | None = None) -> Engine:
         """Load `builtin://NAME`, `file:///dir`, `pvc://claim/path` or `hf://org/name`.
 
         dtype: float32 | bfloat16 | float16 | auto (the checkpoint's). device: cpu | cuda |
@@ -92,7 +95,10 @@ class Engine:
         one; on a GPU they only serve host-side work). compile_decode (CPU only, needs
         max_batch_size=1): run the decode step through torch.compile, compiled on the first
         request (tens of seconds on 2 cores; `stats()["decode_compile_s"]`), ~1.4x (fp32) to
-        ~1.9x (int8) faster per token on the bench model."""
+        ~1.9x (int8) faster per token on the bench model. cuda_graphs: replay the batched
+        decode step from CUDA graphs, one per (batch, cache length) bucket, captured on first
+        use (`stats()["decode_graphs"]`); None: on for a dense model on a GPU; MoE models
+        always decode eagerly. A capture that fails is logged and the step stays eager."""
         if compile_decode and device != "cpu":
             raise ValueError(f"compile_decode runs on the CPU only; got device={device!r}")
         dev = resolve_device(device)
@@ -110,7 +116,8 @@ class Engine:
         report(f"weights ready: {mib:.1f} MiB ({Quantization(quantization).value})")
         context = min(max_context_tokens or model.args.max_seq_len, model.args.max_seq_len)
         return cls(model, tokenizer, model_name=source, max_batch_size=max_batch_size,
-                   max_context_tokens=context, compile_decode=compile_decode)
+                   max_context_tokens=context, compile_decode=compile_decode,
+                   cuda_graphs=cuda_graphs)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -163,6 +170,8 @@ class Engine:
                          "tokens_generated": s.tokens_generated, "steps": s.steps}
         if self.compiled is not None:
             out["decode_compile_s"] = self.compiled.compile_s  # None until the first decode
+        if s.graphs is not None:
+            out["decode_graphs"] = s.graphs.stats()
         if self.telemetry is not None:
             out["moe"] = self.telemetry.stats()
         return out

@@ -152,14 +152,18 @@ class KVCache(nn.Module):
         return self.k[batch.slots, :, :length], self.v[batch.slots, :, :length]
 
 
-def decode_attention(q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-    """One query per row over all of its keys: q [B, H, 1, Dh], keys, values [B, Hkv, L, Dh]
-    -> [B, H, 1, Dh]. Two small matmuls with the query heads of each kv head side by side
-    (the grouping of SDPA's enable_gqa); SDPA's flash kernel costs ~50 us a call at this size."""
+def decode_attention(q: Tensor, keys: Tensor, values: Tensor,
+                     mask: Tensor | None = None) -> Tensor:
+    """One query per row over its keys (all of them, or those where mask [B, 1, 1, L] is
+    True): q [B, H, 1, Dh], keys, values [B, Hkv, L, Dh] -> [B, H, 1, Dh]. Two small matmuls
+    with the query heads of each kv head side by side (the grouping of SDPA's enable_gqa);
+    SDPA's flash kernel costs ~50 us a call at this size."""
     B, H, _, Dh = q.shape
     Hkv = keys.shape[1]
     q = q.view(B, Hkv, H // Hkv, Dh)  # [B, H, 1, Dh] -> [B, Hkv, G, Dh]
     scores = (q @ keys.transpose(2, 3)) * Dh**-0.5  # [B, Hkv, G, L]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # mask broadcasts over Hkv and G
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)  # fp32 for bf16/fp16 models
     out = probs.to(values.dtype) @ values  # [B, Hkv, G, Dh]
     return out.view(B, H, 1, Dh)
@@ -186,8 +190,8 @@ class Attention(nn.Module):
         v = v.view(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
         assert self.kv_cache is not None, "call Transformer.setup_cache first"
         keys, values = self.kv_cache.update(batch, k, v, length)  # [B, Hkv, L, Dh]
-        if T == 1 and mask is None:  # decode: every row sees its whole cache
-            out = decode_attention(q, keys, values)
+        if T == 1:  # decode
+            out = decode_attention(q, keys, values, mask)
         else:
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         out = out.transpose(1, 2).reshape(B, T, -1)  # [B, H, T, Dh] -> [B, T, H*Dh]

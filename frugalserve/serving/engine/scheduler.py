@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .decode import CompiledDecode, decode_step, prefill
+from .graphs import GraphDecode, graphs_by_default
 from .model import Transformer
 from .sampling import SamplingParams, make_generator, sample
 
@@ -85,11 +86,24 @@ class Scheduler:
 
     def __init__(self, model: Transformer, decode_text: Callable[[list[int]], str],
                  max_batch_size: int, max_context_tokens: int,
-                 compiled: CompiledDecode | None = None) -> None:
+                 compiled: CompiledDecode | None = None,
+                 graph_decode: bool | None = None) -> None:
+        """graph_decode: decode through `GraphDecode`, the padded static-shape step, captured
+        into CUDA graphs on a GPU and run eagerly on the CPU (where tests check it); None:
+        on for a dense model on a GPU (`graphs_by_default`)."""
         if compiled is not None and max_batch_size != 1:
             raise ValueError("a compiled decode step serves single-slot schedulers only")
+        if graph_decode is None:
+            graph_decode = compiled is None and graphs_by_default(model)
+        if compiled is not None and graph_decode:
+            raise ValueError("choose a compiled or a graph decode step, not both")
+        if graph_decode and model.args.moe is not None:
+            raise ValueError("MoE models decode eagerly: routing reads expert counts back to "
+                             "the host, which a CUDA graph cannot replay")
         self.model = model
         self.compiled = compiled  # decodes the one running request when set
+        self.graphs = (GraphDecode(model, max_batch_size, max_context_tokens,
+                                   capture=model.device.type == "cuda") if graph_decode else None)
         self.decode_text = decode_text
         self.max_context_tokens = max_context_tokens
         self.eos_ids = set(model.args.eos_token_ids)
@@ -159,8 +173,9 @@ class Scheduler:
         if self.compiled is not None:  # a single slot: one request, in slot 0
             (request,) = decoding
             return self.compiled(request.output_ids[-1], self._position(request))
-        return decode_step(self.model, [r.output_ids[-1] for r in decoding],
-                           [self._position(r) for r in decoding], [r.slot for r in decoding])
+        rows = ([r.output_ids[-1] for r in decoding], [self._position(r) for r in decoding],
+                [r.slot for r in decoding])
+        return decode_step(self.model, *rows) if self.graphs is None else self.graphs(*rows)
 
     def _position(self, request: Request) -> int:
         """Cache position of the request's last sampled token (the one fed next)."""
