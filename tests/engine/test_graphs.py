@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from frugalserve.serving.engine import Engine
+from frugalserve.serving.engine import Engine, SamplingParams
+from frugalserve.serving.engine import scheduler as scheduler_module
 from frugalserve.serving.engine.graphs import GraphDecode, batch_buckets, length_bucket
 from frugalserve.serving.engine.scheduler import Scheduler
 
@@ -105,3 +106,33 @@ def test_graphs_are_on_by_default_for_dense_models_on_a_gpu_only(dense_dir: Path
     model = load_ours(dense_dir, device=device)
     scheduler = Scheduler(model, lambda ids: "", max_batch_size=4, max_context_tokens=256)
     assert (scheduler.graphs is not None) == (device == "cuda")
+
+
+@pytest.mark.parametrize("params", [{}, SAMPLED], ids=["greedy", "seeded"])
+def test_batched_prefill_yields_the_solo_tokens(dense_dir: Path, device: str,
+                                                params: dict) -> None:
+    """Requests joining together (prompts of 5 and 61 tokens at step 0) prefill in one
+    left-padded forward and still decode their one-at-a-time tokens."""
+    model = load_ours(dense_dir, device=device)
+    alone = run(model, ARRIVALS, params, Scheduler(model, lambda ids: "", max_batch_size=4,
+                                                   max_context_tokens=256, graph_decode=False,
+                                                   batch_prefill=False))
+    together = Scheduler(model, lambda ids: "", max_batch_size=4, max_context_tokens=256,
+                         batch_prefill=True)
+    batched = run(model, ARRIVALS, params, together)
+    assert {r: tokens(d) for r, d in batched.items()} == {r: tokens(d) for r, d in alone.items()}
+
+
+def test_prefill_groups_fit_the_token_budget(dense_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    model = load_ours(dense_dir)
+    scheduler = Scheduler(model, lambda ids: "", max_batch_size=4, max_context_tokens=256,
+                          batch_prefill=True)
+    monkeypatch.setattr(scheduler_module, "PREFILL_TOKENS", 100)
+    for i, n in enumerate((10, 40, 20, 90)):
+        scheduler.submit(f"r{i}", [1] * n, SamplingParams(max_tokens=1), lambda d: None)
+    groups = scheduler._prefill_groups(list(scheduler.waiting))
+    # 10 and 40 pad to 2 x 40; a third would be 3 x 40 > 100; 90 does not fit beside 20
+    assert [[len(r.prompt_ids) for r in g] for g in groups] == [[10, 40], [20], [90]]
+    scheduler.batch_prefill = False
+    assert [len(g) for g in scheduler._prefill_groups(list(scheduler.waiting))] == [1, 1, 1, 1]

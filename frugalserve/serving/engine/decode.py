@@ -1,6 +1,7 @@
 """The two forward passes of serving, as small functions over a `Transformer` with a KV cache:
-`prefill` (one prompt into its slot) and `decode_step` (one token for every running request),
-plus `CompiledDecode`, the single-slot decode step through torch.compile.
+`prefill` (one prompt into its slot; `prefill_batch` for several at once) and `decode_step`
+(one token for every running request), plus `CompiledDecode`, the single-slot decode step
+through torch.compile.
 
 Called by the scheduler; tests call them directly against a full forward pass. Inputs are
 built on the host and copied to the model's device; nothing here reads a device tensor back.
@@ -23,6 +24,22 @@ def prefill(model: Transformer, prompt_ids: list[int], slot: int) -> Tensor:
     tokens = torch.tensor([prompt_ids], device=model.device)  # [1, T]
     batch = Batch.make([slot], torch.arange(len(prompt_ids))[None], model.device)  # pos [1, T]
     return model(tokens, batch, last_only=True)[0, -1]  # [1, 1, V] -> [V]
+
+
+@torch.inference_mode()
+def prefill_batch(model: Transformer, prompts: list[list[int]], slots: list[int],
+                  pad_position: int) -> Tensor:
+    """`prefill` of several prompts in one forward: next-token logits [N, V]. Prompts are
+    left-padded to the longest, so each row's last column is its last prompt token; a padding
+    token writes its key at `pad_position` of its slot, an entry the request never reads."""
+    width = max(len(p) for p in prompts)
+    pads = [width - len(p) for p in prompts]
+    tokens = torch.tensor([[0] * n + p for n, p in zip(pads, prompts, strict=True)],
+                          device=model.device)  # [N, T]
+    positions = torch.tensor([[pad_position] * n + list(range(len(p)))
+                              for n, p in zip(pads, prompts, strict=True)])  # [N, T]
+    batch = Batch.make(slots, positions, model.device)
+    return model(tokens, batch, last_only=True)[:, -1]  # [N, 1, V] -> [N, V]
 
 
 @torch.inference_mode()

@@ -1,7 +1,8 @@
 """Continuous batching over a fixed set of KV-cache slots.
 
-Each `step` first prefills requests that joined since the last step (one forward each), then
-runs one batched decode forward for every request that was already running. Requests leave on
+Each `step` first prefills requests that joined since the last step (one forward each, or on a
+GPU several in one), then runs one batched decode forward for every request that was already
+running. Requests leave on
 EOS, a stop string, `max_tokens` or a full context; `cancel` frees a slot at once. The engine's
 worker thread calls `step`; `submit` and `cancel` may be called from any thread.
 """
@@ -16,10 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .decode import CompiledDecode, decode_step, prefill
+from .decode import CompiledDecode, decode_step, prefill, prefill_batch
 from .graphs import GraphDecode, graphs_by_default
 from .model import Transformer
 from .sampling import SamplingParams, make_generator, sample
+
+PREFILL_TOKENS = 8192  # tokens of one batched prefill forward, padding included (activations)
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,13 @@ class Scheduler:
     def __init__(self, model: Transformer, decode_text: Callable[[list[int]], str],
                  max_batch_size: int, max_context_tokens: int,
                  compiled: CompiledDecode | None = None,
-                 graph_decode: bool | None = None) -> None:
+                 graph_decode: bool | None = None, batch_prefill: bool | None = None) -> None:
         """graph_decode: decode through `GraphDecode`, the padded static-shape step, captured
-        into CUDA graphs on a GPU and run eagerly on the CPU (where tests check it); None:
-        on for a dense model on a GPU (`graphs_by_default`)."""
+        into CUDA graphs on a GPU and run eagerly on the CPU (where tests check it).
+        batch_prefill: prefill the requests joining in a step together (`prefill_batch`, up
+        to PREFILL_TOKENS), not one forward each: on a GPU, where a forward's time is mostly
+        kernel launches; MoE models prefill one by one (padding tokens would be routed, and
+        counted by the expert telemetry). None, for both: on for a dense model on a GPU."""
         if compiled is not None and max_batch_size != 1:
             raise ValueError("a compiled decode step serves single-slot schedulers only")
         if graph_decode is None:
@@ -104,6 +110,8 @@ class Scheduler:
         self.compiled = compiled  # decodes the one running request when set
         self.graphs = (GraphDecode(model, max_batch_size, max_context_tokens,
                                    capture=model.device.type == "cuda") if graph_decode else None)
+        self.batch_prefill = graphs_by_default(model) if batch_prefill is None else batch_prefill
+        self.pad_position = max_context_tokens - 1  # never reached: see graphs.py
         self.decode_text = decode_text
         self.max_context_tokens = max_context_tokens
         self.eos_ids = set(model.args.eos_token_ids)
@@ -158,15 +166,34 @@ class Scheduler:
                 self.running[request.id] = request
                 joining.append(request)
         try:
-            for request in joining:  # each first token is out before the next prefill
-                self._advance([request],
-                              prefill(self.model, request.prompt_ids, request.slot)[None])
+            for group in self._prefill_groups(joining):  # first tokens out group by group
+                self._advance(group, self._prefill(group))
             if decoding:
                 self._advance(decoding, self._decode(decoding))
         except Exception as exc:  # the step failed for everyone in it: tell them, free slots
             self._fail([*joining, *decoding], exc)
             raise
         self.steps += 1
+
+    def _prefill_groups(self, joining: list[Request]) -> list[list[Request]]:
+        """The joining requests, in order, one per prefill forward, or with batch_prefill as
+        many per forward as fit PREFILL_TOKENS once padded to the group's longest prompt."""
+        groups: list[list[Request]] = []
+        for request in joining:
+            group = groups[-1] if groups else []
+            width = max(len(r.prompt_ids) for r in [*group, request])
+            if self.batch_prefill and group and (len(group) + 1) * width <= PREFILL_TOKENS:
+                group.append(request)
+            else:
+                groups.append([request])
+        return groups
+
+    def _prefill(self, group: list[Request]) -> torch.Tensor:
+        """Write the group's prompts into their slots: next-token logits [N, V]."""
+        if len(group) == 1:
+            return prefill(self.model, group[0].prompt_ids, group[0].slot)[None]
+        return prefill_batch(self.model, [r.prompt_ids for r in group],
+                             [r.slot for r in group], self.pad_position)
 
     def _decode(self, decoding: list[Request]) -> torch.Tensor:
         """One decode forward for the running requests (sorted by slot): logits [B, V]."""
