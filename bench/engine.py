@@ -18,10 +18,11 @@ happens in the warm-up, outside the timed runs; its time is reported separately,
 inductor's on-disk cache as this machine has it (a cold compile takes longer).
 
 `--device cuda` runs the GPU benchmark instead (`gpu_main`): a random-weights ~1.1B Llama
-(TinyLlama's shape) written by the bench as a bf16 checkpoint, ours (bf16 and int8) against
-transformers bf16 at batch 1 and 32, and batch 1 against the floor set by the device's memory
-bandwidth (a device-to-device copy measured in the same run). It prints its table and the JSON
-line only (docs/benchmarks.md is left alone).
+(TinyLlama's shape) written by the bench as a bf16 checkpoint, ours (bf16 and int8, each eager
+and with the decode step in CUDA graphs) against transformers bf16 at batch 1 and 32, and
+batch 1 against the floor set by the device's memory bandwidth (a device-to-device copy
+measured in the same run). It prints its table, the graphs' captures (or why capturing failed:
+that engine then ran eagerly) and the JSON line only (docs/benchmarks.md is left alone).
 """
 
 from __future__ import annotations
@@ -421,6 +422,9 @@ def append_docs(text: str) -> None:
 GPU_ARGS = ModelArgs(vocab_size=32000, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4,
                      intermediate_size=5632, max_seq_len=2048, eos_token_ids=())
 GPU_BATCHES = (1, 32)
+# our configurations: name -> (quantization, cuda_graphs)
+GPU_ENGINES = {"ours bf16 eager": ("none", False), "ours bf16 graphs": ("none", True),
+               "ours int8 eager": ("int8", False), "ours int8 graphs": ("int8", True)}
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 2**30, runs: int = 10) -> float:
@@ -440,33 +444,37 @@ def copy_bandwidth(device: torch.device, nbytes: int = 2**30, runs: int = 10) ->
     return 2 * nbytes / statistics.median(times)
 
 
-def gpu_compare(path: Path, device: str, repeats: int) -> list[dict]:
-    """transformers bf16, ours bf16 and ours int8 at each batch size, alternating, best of
-    `repeats`; one engine per format serves every batch size (its slots: the largest)."""
+def gpu_compare(path: Path, device: str, repeats: int) -> tuple[list[dict], dict[str, dict]]:
+    """transformers bf16 and our engines (GPU_ENGINES) at each batch size, alternating, best of
+    `repeats`; one engine per configuration serves every batch size (its slots: the largest).
+    Returns the rows and each graphs engine's `stats()["decode_graphs"]` (captures, failure)."""
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
-    engines = {q: Engine.from_source(f"file://{path}", dtype="bfloat16", quantization=q,
-                                     max_batch_size=max(GPU_BATCHES), device=device,
-                                     max_context_tokens=PROMPT_LEN + NEW_TOKENS)
-               for q in ("none", "int8")}
+    engines = {name: Engine.from_source(f"file://{path}", dtype="bfloat16", quantization=q,
+                                        max_batch_size=max(GPU_BATCHES), device=device,
+                                        max_context_tokens=PROMPT_LEN + NEW_TOKENS,
+                                        cuda_graphs=graphs)
+               for name, (q, graphs) in GPU_ENGINES.items()}
     rows = []
     for size in GPU_BATCHES:
         batch = prompts(size)
         hf_generate(hf, batch, 4)  # warm-up (kernels, allocator)
-        for engine in engines.values():
-            asyncio.run(our_speed(engine, batch, new_tokens=4))
+        for name, engine in engines.items():  # warm-up; graphs: every length bucket captured
+            new_tokens = NEW_TOKENS if GPU_ENGINES[name][1] else 4
+            asyncio.run(our_speed(engine, batch, new_tokens=new_tokens))
         runs: dict[str, list[tuple[float, float]]] = {}
         for _ in range(repeats):
             runs.setdefault("transformers bf16", []).append(hf_speed(hf, batch))
-            for q, engine in engines.items():
-                name = "ours " + ("bf16" if q == "none" else q)
+            for name, engine in engines.items():
                 runs.setdefault(name, []).append(asyncio.run(our_speed(engine, batch)))
         for name, results in runs.items():
             tok_s, ttft_ms = best(results)
             rows.append({"name": name, "batch": size, "tok_s": tok_s, "ttft_ms": ttft_ms})
             print(f"  {name} b{size}: {tok_s:.1f} tok/s, TTFT {ttft_ms:.1f} ms", flush=True)
+    graphs = {name: engine.stats().get("decode_graphs", {}) for name, engine in engines.items()
+              if GPU_ENGINES[name][1]}
     for engine in engines.values():
         asyncio.run(engine.close())
-    return rows
+    return rows, graphs
 
 
 def gpu_main(opts: argparse.Namespace) -> None:
@@ -485,14 +493,16 @@ def gpu_main(opts: argparse.Namespace) -> None:
     print(f"{name}, torch {torch.__version__}: {params / 1e9:.2f}B params, copy bandwidth "
           f"{bandwidth / 1e12:.2f} TB/s, batch-1 floors: bf16 {floors['none']:.0f}, int8 "
           f"{floors['int8']:.0f} tok/s", flush=True)
-    rows = gpu_compare(path, opts.device, opts.repeats)
+    rows, graphs = gpu_compare(path, opts.device, opts.repeats)
     r = {(row["name"], row["batch"]): row for row in rows}
-    fmt = {"transformers bf16": "none", "ours bf16": "none", "ours int8": "int8"}
+    fmt = {"transformers bf16": "none"} | {n: q for n, (q, _) in GPU_ENGINES.items()}
     lines = ["", f"## Engine on {name} ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
              f"Command: `{COMMAND} --device {opts.device}`; torch {torch.__version__}; "
              f"random-weights Llama of {params / 1e9:.2f}B parameters (TinyLlama's shape), "
              f"bf16 checkpoint; prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy; best of "
-             f"{opts.repeats}; copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + written).", "",
+             f"{opts.repeats}; copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + written); "
+             f"ours eager (cuda_graphs=False) and with the decode step in CUDA graphs; both "
+             f"prefill the requests joining in one step together.", "",
              "| configuration | batch | decode tok/s | TTFT ms | % of b1 floor |",
              "|---|---:|---:|---:|---:|"]
     for row in rows:
@@ -500,21 +510,33 @@ def gpu_main(opts: argparse.Namespace) -> None:
                else "")
         lines.append(f"| {row['name']} | {row['batch']} | {row['tok_s']:.1f} | "
                      f"{row['ttft_ms']:.1f} | {pct} |")
+    lines.append("")
+    for engine_name, g in graphs.items():  # a failed capture leaves that engine eager
+        state = (f"capture FAILED, ran eagerly: {g['failure']}" if g["failure"] else
+                 f"{len(g['captured'])} graphs (batch, length) {g['captured']} captured in "
+                 f"{g['capture_s']:.2f} s")
+        lines.append(f"{engine_name}: {state}")
     print("\n".join(lines))
-    headline = {"device": name, "params_b": params / 1e9, "copy_tb_s": bandwidth / 1e12}
+    headline: dict = {"device": name, "params_b": params / 1e9, "copy_tb_s": bandwidth / 1e12}
     for size in GPU_BATCHES:
         hf_row = r["transformers bf16", size]
-        for key, label in (("ours bf16", "bf16"), ("ours int8", "int8")):
+        headline[f"hf_bf16_b{size}_tok_s"] = hf_row["tok_s"]
+        for key in GPU_ENGINES:
+            label = key.removeprefix("ours ").replace(" ", "_")
             headline[f"{label}_b{size}_tok_s"] = r[key, size]["tok_s"]
             headline[f"{label}_b{size}_vs_hf_bf16"] = r[key, size]["tok_s"] / hf_row["tok_s"]
-        headline[f"hf_bf16_b{size}_tok_s"] = hf_row["tok_s"]
-    for key, label in (("ours bf16", "bf16"), ("ours int8", "int8"),
-                       ("transformers bf16", "hf_bf16")):
-        headline[f"{label}_b1_floor_pct"] = 100 * r[key, 1]["tok_s"] / floors[fmt[key]]
-        headline[f"{label}_b1_ttft_ms"] = r[key, 1]["ttft_ms"]
+            headline[f"{label}_b{size}_ttft_ms"] = r[key, size]["ttft_ms"]
+        headline[f"hf_bf16_b{size}_ttft_ms"] = hf_row["ttft_ms"]
+    for key in ("transformers bf16", *GPU_ENGINES):
+        label = "hf_bf16" if key == "transformers bf16" else key.removeprefix("ours ")
+        headline[f"{label.replace(' ', '_')}_b1_floor_pct"] = (
+            100 * r[key, 1]["tok_s"] / floors[fmt[key]])
+    for engine_name, g in graphs.items():
+        label = engine_name.removeprefix("ours ").replace(" ", "_")
+        headline[f"{label}_capture_s"] = g["capture_s"]
+        headline[f"{label}_failure"] = g["failure"]
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                       for k, v in headline.items()}))
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU check of the engine on a lent NVIDIA machine (the device tool's `run`, with
 # carry [".whl"]): the CUDA cases of the engine tests, then the GPU benchmark
-# (`bench/engine.py --device cuda`). Logs go to $OUT: env.log, engine-tests.log, gpu-bench.log.
+# (`bench/engine.py --device cuda`: ours eager and with CUDA graphs). Logs go to $OUT: env.log,
+# engine-tests.log, gpu-bench.log. About 3 minutes; at most 6.5 (the two timeouts below).
 #
 # The image there has torch, transformers, safetensors, tokenizers, numpy, pyyaml and psutil;
 # pytest and the test-only packages travel as wheels in .whl/ (ignored by git), fetched here by
@@ -34,7 +35,7 @@ print('transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/env.log"
 
 status=0
-PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout 240 "$PYTHON" -m pytest tests/engine -q -rs \
+PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout 150 "$PYTHON" -m pytest tests/engine -q -rs \
     --durations=5 -m engine -k cuda -p pytest_asyncio.plugin -p pytest_timeout \
     -p no:cacheprovider -o filterwarnings= 2>&1 | tee "$OUT/engine-tests.log" || status=1
 timeout 240 "$PYTHON" bench/engine.py --device cuda 2>&1 | tee "$OUT/gpu-bench.log" || status=1
