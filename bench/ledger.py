@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +64,7 @@ def ledger_client(kind: str, target: str, seconds: float, barrier: Any, out: Any
     ledger = open_backend(kind, target)
     reserve_s: list[float] = []
     pair_s: list[float] = []
-    client = f"{os.getpid()}.{threading.get_ident()}"
+    client = uuid.uuid4().hex  # thread idents are reused: not unique across runs
     barrier.wait()
     end = time.perf_counter() + seconds
     i = 0
