@@ -137,3 +137,18 @@ def test_prefill_groups_fit_the_token_budget(dense_dir: Path,
     assert [[len(r.prompt_ids) for r in g] for g in groups] == [[10, 40], [20], [90]]
     scheduler.batch_prefill = False
     assert [len(g) for g in scheduler._prefill_groups(list(scheduler.waiting))] == [1, 1, 1, 1]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU")
+async def test_a_gpu_engine_decodes_through_graphs_and_reports_them(dense_dir: Path) -> None:
+    engine = Engine.from_source(f"file://{dense_dir}", max_batch_size=2, device="cuda")
+    try:
+        assert engine.stats()["decode_graphs"]["captured"] == []  # captured on first use
+        async for _ in engine.generate([1, 5, 6], SamplingParams(max_tokens=5)):
+            pass
+        graphs = engine.stats()["decode_graphs"]
+        assert graphs["captured"] == [(1, 64)] and graphs["capture_s"] > 0
+        assert graphs["failure"] is None
+    finally:
+        await engine.close()
