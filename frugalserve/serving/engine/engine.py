@@ -98,7 +98,8 @@ class Engine:
         ~1.9x (int8) faster per token on the bench model. cuda_graphs: replay the batched
         decode step from CUDA graphs, one per (batch, cache length) bucket, captured on first
         use (`stats()["decode_graphs"]`); None: on for a dense model on a GPU; MoE models
-        always decode eagerly. A capture that fails is logged and the step stays eager."""
+        always decode eagerly. A capture that fails is logged and the step stays eager. On a
+        GPU the requests joining in one step also prefill together (dense models)."""
         if compile_decode and device != "cpu":
             raise ValueError(f"compile_decode runs on the CPU only; got device={device!r}")
         dev = resolve_device(device)

@@ -2,9 +2,9 @@
 
 Each `step` first prefills requests that joined since the last step (one forward each, or on a
 GPU several in one), then runs one batched decode forward for every request that was already
-running. Requests leave on
-EOS, a stop string, `max_tokens` or a full context; `cancel` frees a slot at once. The engine's
-worker thread calls `step`; `submit` and `cancel` may be called from any thread.
+running (on a GPU replayed from CUDA graphs, see graphs.py). Requests leave on EOS, a stop
+string, `max_tokens` or a full context; `cancel` frees a slot at once. The engine's worker
+thread calls `step`; `submit` and `cancel` may be called from any thread.
 """
 
 from __future__ import annotations
