@@ -1,12 +1,16 @@
-"""Lua scripts of the Redis ledger: each operation is one script, so it is atomic on the server
-and timed by the server's clock (`TIME`). Loaded by `redis_backend.RedisLedger`.
+"""Lua code of the Redis ledger: each operation is one function of one Redis Functions library
+(`library()`), so it is atomic on the server and timed by the server's clock (`TIME`); the
+shared helpers are defined once when the library is loaded, not on every call. Loaded and
+called (`FCALL`) by `redis_backend.RedisLedger`.
 
 Keys (prefix P): P..'tenant:'..name (hash), P..'tenants' (set), P..'req:'..id (hash),
 P..'leases' (sorted set of open request ids by expiry), P..'settlements' (stream),
 P..'totals' (hash of all-time sums: field 'TENANT MODEL prompt|completion|cost'; neither
 names nor models contain spaces).
 Numbers are passed and stored as decimal strings; `istr` avoids Lua's %.14g formatting.
-Each script replies with one string of space-separated words, cheap for the client to parse."""
+Functions read only the hash fields they use (`HMGET`) and write back only those they changed
+(each command a function runs, with its arguments, is also appended to the AOF). Each replies
+with one string of space-separated words, cheap for the client to parse."""
 
 PRELUDE = r"""
 local function istr(x) return string.format('%d', x) end
@@ -16,12 +20,18 @@ local function now_us(offset_us)
   return tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(offset_us)
 end
 
-local function fetch(key)
-  local flat = redis.call('HGETALL', key)
+-- the named fields of a hash (false for a missing one; a missing key has all false)
+local function fetch(key, names)
+  local values = redis.call('HMGET', key, unpack(names))
   local h = {}
-  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  for i, f in ipairs(names) do h[f] = values[i] end
   return h
 end
+
+-- a reservation's hash: what reserve writes, then what its settlement adds
+local REQ = {'state', 'tenant', 'cost_max', 'tokens_max', 'expires_us', 'model',
+  'price_version', 'prompt_tokens', 'completion_tokens', 'cost_micros', 'at_us', 'clamped',
+  'expired'}
 """
 
 PERIOD_BOUNDS = r"""
@@ -69,33 +79,51 @@ end
 """
 
 TENANT = r"""
--- the tenant hash's fields that operations change, written back together by save()
-local STATE = {'period', 'period_start_us', 'period_end_us', 'spent_micros',
-  'reserved_micros', 'tokens_prompt', 'tokens_completion', 'reserved_tokens', 'in_flight',
-  'window_start_us', 'window_requests', 'window_tokens'}
+-- a tenant hash's fields: all of them, and those a charge (settle or expiry) reads
+local ALL = {'limit_micros', 'limit_tokens', 'requests_per_minute', 'tokens_per_minute',
+  'period', 'period_start_us', 'period_end_us', 'spent_micros', 'reserved_micros',
+  'tokens_prompt', 'tokens_completion', 'reserved_tokens', 'in_flight', 'window_start_us',
+  'window_requests', 'window_tokens'}
+local CHARGED = {'period', 'period_end_us', 'spent_micros', 'reserved_micros',
+  'tokens_prompt', 'tokens_completion', 'reserved_tokens', 'in_flight'}
+
+-- a tenant's fields `names`, and (`changed`) those changed since, which save() writes back
+local function load(key, names)
+  local t = fetch(key, names)
+  t.changed = {}
+  return t
+end
+
+local function set(t, field, value)
+  t[field] = value
+  t.changed[field] = true
+end
+
+local function add(t, field, n) set(t, field, istr(tonumber(t[field]) + n)) end
 
 local function save(key, t)
   local args = {}
-  for _, f in ipairs(STATE) do
+  for f in pairs(t.changed) do
     args[#args + 1] = f
     args[#args + 1] = t[f]
   end
-  redis.call('HSET', key, unpack(args))
+  if #args > 0 then redis.call('HSET', key, unpack(args)) end
 end
-
-local function add(t, field, n) t[field] = istr(tonumber(t[field]) + n) end
 
 local function start_period(t, period, now)
   local s, e = period_bounds(period, math.floor(now / 1000000))
-  t.period, t.period_start_us, t.period_end_us = period, istr(s * 1000000), ''
-  if e >= 0 then t.period_end_us = istr(e * 1000000) end
+  set(t, 'period', period)
+  set(t, 'period_start_us', istr(s * 1000000))
+  set(t, 'period_end_us', e >= 0 and istr(e * 1000000) or '')
 end
 
 -- start a new period, resetting spent usage, when the current one has ended
 local function roll(t, now)
   if t.period_end_us ~= '' and now >= tonumber(t.period_end_us) then
     start_period(t, t.period, now)
-    t.spent_micros, t.tokens_prompt, t.tokens_completion = '0', '0', '0'
+    for _, f in ipairs({'spent_micros', 'tokens_prompt', 'tokens_completion'}) do
+      set(t, f, '0')
+    end
   end
 end
 
@@ -109,7 +137,7 @@ end
 -- move a reservation into spent usage and append its settlement event
 local function charge(prefix, req_key, id, r, cost, prompt, completion, now, clamped, expired)
   local tkey = prefix .. 'tenant:' .. r.tenant
-  local t = fetch(tkey)
+  local t = load(tkey, CHARGED)
   roll(t, now)
   unreserve(t, r)
   add(t, 'spent_micros', cost)
@@ -126,7 +154,8 @@ local function charge(prefix, req_key, id, r, cost, prompt, completion, now, cla
     'prompt_tokens', istr(prompt), 'completion_tokens', istr(completion),
     'cost_micros', istr(cost), 'price_version', r.price_version, 'at_us', istr(now),
     'clamped', istr(clamped), 'expired', istr(expired)}
-  redis.call('HSET', req_key, 'state', state, unpack(fields))
+  -- the hash keeps what the record adds to it, which a repeated settle returns
+  redis.call('HSET', req_key, 'state', state, unpack(fields, 7))
   redis.call('ZREM', prefix .. 'leases', id)
   redis.call('XADD', prefix .. 'settlements', '*', unpack(fields))
   return fields
@@ -146,18 +175,18 @@ local function words(...) return table.concat({...}, ' ') end
 CONFIGURE = r"""
 local now = now_us(ARGV[1])
 local key = KEYS[1]
-local t = fetch(key)
-if t.period == nil then
-  t = {spent_micros = '0', reserved_micros = '0', tokens_prompt = '0', tokens_completion = '0',
-    reserved_tokens = '0', in_flight = '0', window_start_us = '0', window_requests = '0',
-    window_tokens = '0'}
+local t = load(key, ALL)
+if not t.period then
+  for _, f in ipairs(ALL) do set(t, f, '0') end
   start_period(t, ARGV[5], now)
 end
 roll(t, now)
 if t.period ~= ARGV[5] then start_period(t, ARGV[5], now) end
+set(t, 'limit_micros', ARGV[3])
+set(t, 'limit_tokens', ARGV[4])
+set(t, 'requests_per_minute', ARGV[6])
+set(t, 'tokens_per_minute', ARGV[7])
 save(key, t)
-redis.call('HSET', key, 'limit_micros', ARGV[3], 'limit_tokens', ARGV[4],
-  'requests_per_minute', ARGV[6], 'tokens_per_minute', ARGV[7])
 redis.call('SADD', KEYS[2], ARGV[2])
 return 'ok'
 """
@@ -167,8 +196,8 @@ return 'ok'
 RESERVE = r"""
 local now = now_us(ARGV[1])
 local key = KEYS[1]
-local t = fetch(key)
-if t.period == nil then return 'unknown_tenant' end
+local t = load(key, ALL)
+if not t.period then return 'unknown_tenant' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
 roll(t, now)
 local cost, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -187,11 +216,13 @@ end
 if t.limit_tokens ~= '' and used_t + tokens > tonumber(t.limit_tokens) then
   return refuse('budget_tokens')
 end
-local window = now - now % 60000000
-if tonumber(t.window_start_us) ~= window then
-  t.window_start_us, t.window_requests, t.window_tokens = istr(window), '0', '0'
+local window = istr(now - now % 60000000)
+if t.window_start_us ~= window then
+  set(t, 'window_start_us', window)
+  set(t, 'window_requests', '0')
+  set(t, 'window_tokens', '0')
 end
-local retry = istr(window + 60000000 - now)
+local retry = istr(tonumber(window) + 60000000 - now)
 if t.requests_per_minute ~= '' and
     tonumber(t.window_requests) + 1 > tonumber(t.requests_per_minute) then
   return words('rate', 'requests_per_minute', retry)
@@ -216,8 +247,8 @@ return words('ok', expires)
 # KEYS: req. ARGV: offset_us, request_id, cost, prompt, completion, prefix
 SETTLE = r"""
 local now = now_us(ARGV[1])
-local r = fetch(KEYS[1])
-if r.state == nil then return 'unknown' end
+local r = fetch(KEYS[1], REQ)
+if not r.state then return 'unknown' end
 if r.state == 'released' then return 'released' end
 if r.state ~= 'reserved' then
   return words('again', 'request_id', ARGV[2], 'tenant', r.tenant, 'model', r.model,
@@ -242,15 +273,15 @@ return words('ok', unpack(charge(ARGV[6], KEYS[1], ARGV[2], r, cost, prompt, com
 # KEYS: req. ARGV: offset_us, request_id, prefix
 RELEASE = r"""
 local now = now_us(ARGV[1])
-local r = fetch(KEYS[1])
-if r.state == nil then return 'unknown' end
+local r = fetch(KEYS[1], REQ)
+if not r.state then return 'unknown' end
 if r.state ~= 'reserved' then return 'noop' end
 if now >= tonumber(r.expires_us) then
   charge_in_full(ARGV[3], KEYS[1], ARGV[2], r, now)
   return 'expired'
 end
 local tkey = ARGV[3] .. 'tenant:' .. r.tenant
-local t = fetch(tkey)
+local t = load(tkey, {'reserved_micros', 'reserved_tokens', 'in_flight'})
 unreserve(t, r)
 save(tkey, t)
 redis.call('HSET', KEYS[1], 'state', 'released')
@@ -265,7 +296,7 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', istr(now), 'LIMIT', 0,
   tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
   local req_key = ARGV[2] .. 'req:' .. id
-  charge_in_full(ARGV[2], req_key, id, fetch(req_key), now)
+  charge_in_full(ARGV[2], req_key, id, fetch(req_key, REQ), now)
 end
 return istr(#ids)
 """
@@ -273,18 +304,33 @@ return istr(#ids)
 # KEYS: tenant. ARGV: offset_us. Returns the tenant's fields and values as seen after any
 # rollover (which it does not write: the next write does), or 'unknown'.
 USAGE = r"""
-local t = fetch(KEYS[1])
-if t.period == nil then return 'unknown' end
+local t = load(KEYS[1], ALL)
+if not t.period then return 'unknown' end
 roll(t, now_us(ARGV[1]))
 local out = {}
-for f, v in pairs(t) do
+for _, f in ipairs(ALL) do
   out[#out + 1] = f
-  out[#out + 1] = v
+  out[#out + 1] = t[f]
 end
 return table.concat(out, ' ')
 """
 
+OPERATIONS = {
+    "configure": CONFIGURE,
+    "reserve": RESERVE,
+    "settle": SETTLE,
+    "release": RELEASE,
+    "expire": EXPIRE,
+    "usage": USAGE,
+}
+"""Each operation's function body; KEYS and ARGV are its arguments."""
 
-def script(body: str) -> str:
-    """A complete script: the shared helpers, then `body`."""
-    return PRELUDE + PERIOD_BOUNDS + TENANT + body
+
+def library(name: str) -> str:
+    """The Redis Functions library `name` (for `FUNCTION LOAD`): the shared helpers, then one
+    function `<name>_<operation>` per operation."""
+    functions = "".join(
+        f"redis.register_function('{name}_{op}', function(KEYS, ARGV)\n{body}end)\n"
+        for op, body in OPERATIONS.items()
+    )
+    return f"#!lua name={name}\n" + PRELUDE + PERIOD_BOUNDS + TENANT + functions

@@ -1,5 +1,6 @@
-"""Redis ledger backend for clusters: every gateway replica shares one Redis primary; each
-operation is one Lua script (see `lua.py`), timed by the server's clock. Settings: README.md."""
+"""Redis ledger backend for clusters: every gateway replica shares one Redis (7 or later)
+primary; each operation is one Lua function (see `lua.py`), timed by the server's clock.
+Settings: README.md."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Protocol, cast
 
 import redis
 from redis.connection import Connection
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from . import lua, validate
@@ -43,7 +44,7 @@ def _opt(value: int | None) -> str:
 
 
 def _pairs(words: list[str]) -> dict[str, str]:
-    """A script's reply of alternating field names and values."""
+    """A function's reply of alternating field names and values."""
     return dict(zip(words[::2], words[1::2], strict=True))
 
 
@@ -119,10 +120,15 @@ def _command(*args: str) -> bytes:
     return b"".join(out)
 
 
-def _script(body: str) -> tuple[str, str]:
-    """A script's SHA1 (for EVALSHA) and its complete text."""
-    text = lua.script(body)
-    return hashlib.sha1(text.encode()).hexdigest(), text
+def _library() -> tuple[str, str]:
+    """The ledger's Functions library: its name, which names this version of the code (so
+    gateways of two versions can share a server), and its text."""
+    digest = hashlib.sha1(lua.library("frugalserve_ledger").encode()).hexdigest()[:16]
+    name = f"frugalserve_ledger_{digest}"
+    return name, lua.library(name)
+
+
+LIBRARY, LIBRARY_TEXT = _library()
 
 
 class RedisLedger:
@@ -139,17 +145,6 @@ class RedisLedger:
         # list's pop and append are atomic, so each thread gets one to itself, without the
         # pool's per-call health check.
         self._idle: list[_Connection] = []
-        self._scripts = {
-            name: _script(body)
-            for name, body in {
-                "configure": lua.CONFIGURE,
-                "reserve": lua.RESERVE,
-                "settle": lua.SETTLE,
-                "release": lua.RELEASE,
-                "expire": lua.EXPIRE,
-                "usage": lua.USAGE,
-            }.items()
-        }
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "fs:", time_offset_s: float = 0.0) -> RedisLedger:
@@ -159,18 +154,28 @@ class RedisLedger:
         return self._prefix + ":".join(parts)
 
     def _run(self, name: str, keys: list[str], args: list[str]) -> list[str]:
-        """Run a script with the clock offset as ARGV[1]; its reply split into words. Sent as
-        EVALSHA (EVAL when the server lacks the script), retried as the client's `retry`
-        says, like any redis-py command."""
-        sha, text = self._scripts[name]
-        argv = (str(len(keys)), *keys, str(round(self.time_offset_s * 1_000_000)), *args)
+        """Call an operation's function with the clock offset as ARGV[1]; its reply split
+        into words. Sent as FCALL (loading the library first when the server lacks it),
+        retried as the client's `retry` says, like any redis-py command."""
+        fcall = _command(
+            "FCALL",
+            f"{LIBRARY}_{name}",
+            str(len(keys)),
+            *keys,
+            str(round(self.time_offset_s * 1_000_000)),
+            *args,
+        )
 
         def call() -> object:
-            conn.send_packed_command([_command("EVALSHA", sha, *argv)])
+            conn.send_packed_command([fcall])
             try:
                 return conn.read_response()
-            except NoScriptError:
-                conn.send_packed_command([_command("EVAL", text, *argv)])
+            except ResponseError as e:
+                if "Function not found" not in str(e):
+                    raise
+                conn.send_packed_command([_command("FUNCTION", "LOAD", "REPLACE", LIBRARY_TEXT)])
+                conn.read_response()
+                conn.send_packed_command([fcall])
                 return conn.read_response()
 
         try:

@@ -211,16 +211,17 @@ def test_open_ledger_urls(tmp_path: pytest.TempPathFactory, redis_server: object
             open_ledger(bad)
 
 
-def test_redis_ledger_outlives_a_script_flush_and_dropped_connections(tmp_path: Path) -> None:
-    """The server may lose its script cache (a restart, SCRIPT FLUSH) or a connection: the
-    ledger loads its scripts again, retries as its client's `retry` says, and reconnects."""
+def test_redis_ledger_outlives_a_function_flush_and_dropped_connections(tmp_path: Path) -> None:
+    """The server may lose the ledger's functions (FUNCTION FLUSH, a new server) or a
+    connection: the ledger loads its library again, retries as its client's `retry` says, and
+    reconnects."""
     server = start_redis(tmp_path)
     admin = redis.Redis.from_url(server.url)
     retrying = RedisLedger(redis.Redis.from_url(server.url, retry=Retry(NoBackoff(), 1)))
     once = RedisLedger.from_url(server.url)  # redis-py's from_url default: no retries
     try:
         retrying.configure_tenant("acme", TenantLimits(limit_micros=1_000))
-        admin.script_flush()
+        admin.function_flush()
         retrying.reserve("acme", "a", 100, 10)
         once.reserve("acme", "b", 100, 10)
         assert admin.client_kill_filter(_type="normal", skipme=True) == 2
