@@ -1,8 +1,8 @@
 """Benchmark of the budget ledger: reserve+settle pairs per second and admission latency for
-each backend with 1 client, 8 client threads in one process (as a gateway replica issues them:
-each request's ledger call runs in a worker thread) and 8 client processes, beside this run's
-floors measured the same ways (raw `redis-benchmark` SET with AOF always, whose 8 connections
-share one process; one durable SQLite commit). Appends to docs/benchmarks.md.
+each backend with 1 client, 8 client threads sharing one ledger (as a gateway replica issues
+them: each request's ledger call runs in a worker thread) and 8 client processes, beside this
+run's floors measured the same ways (raw `redis-benchmark` SET with AOF always, whose 8
+connections share one process; one durable SQLite commit). Appends to docs/benchmarks.md.
 
 Run: python bench/ledger.py [--seconds 3] [--no-doc]
 The last line of output is one JSON object."""
@@ -59,9 +59,14 @@ def open_backend(kind: str, target: str) -> Ledger:
     return SQLiteLedger(target) if kind == "sqlite" else RedisLedger.from_url(target)
 
 
-def ledger_client(kind: str, target: str, seconds: float, barrier: Any, out: Any) -> None:
-    """Reserve and settle as fast as possible for `seconds`; report latencies."""
-    ledger = open_backend(kind, target)
+def ledger_client(
+    ledger: Ledger | tuple[str, str], seconds: float, barrier: Any, out: Any
+) -> None:
+    """Reserve and settle as fast as possible for `seconds`; report latencies. `ledger` is the
+    one this process's client threads share, or (kind, target) to open one of its own."""
+    own = isinstance(ledger, tuple)
+    if isinstance(ledger, tuple):
+        ledger = open_backend(*ledger)
     reserve_s: list[float] = []
     pair_s: list[float] = []
     client = uuid.uuid4().hex  # thread idents are reused: not unique across runs
@@ -76,7 +81,8 @@ def ledger_client(kind: str, target: str, seconds: float, barrier: Any, out: Any
         reserve_s.append(t1 - t0)
         pair_s.append(time.perf_counter() - t0)
         i += 1
-    ledger.close()
+    if own:
+        ledger.close()
     out.put((reserve_s, pair_s))
 
 
@@ -136,6 +142,18 @@ def measure(
     )
 
 
+def measure_ledger(kind: str, target: str, clients: int, how: str, seconds: float) -> Result:
+    """The ledger's clients: threads share one ledger, as a gateway replica's requests do; a
+    process opens its own."""
+    if how != "threads":
+        return measure(f"{kind} ledger", ledger_client, ((kind, target),), clients, how, seconds)
+    shared = open_backend(kind, target)
+    try:
+        return measure(f"{kind} ledger", ledger_client, (shared,), clients, how, seconds)
+    finally:
+        shared.close()
+
+
 def redis_benchmark(port: int, clients: int) -> Result:
     """Raw `SET` through redis-benchmark against the same AOF-always server: its `clients`
     connections share one process."""
@@ -169,8 +187,7 @@ def bench_redis(workdir: Path, seconds: float, appendfsync: str = "always") -> l
         for c, how in SHAPES:
             if how != "processes":  # the floor's 8 connections are in one process anyway
                 out.append(redis_benchmark(server.port, c))
-            args = ("redis", server.url)
-            out.append(measure("redis ledger", ledger_client, args, c, how, seconds))
+            out.append(measure_ledger("redis", server.url, c, how, seconds))
         suffix = "" if appendfsync == "always" else f" [appendfsync {appendfsync}]"
         for r in out:
             r.name += suffix
@@ -192,7 +209,7 @@ def bench_sqlite(workdir: Path, seconds: float) -> list[Result]:
     for c, how in SHAPES:
         floor = "sqlite durable commit (floor)"
         out.append(measure(floor, commit_client, (floor_db,), c, how, seconds))
-        out.append(measure("sqlite ledger", ledger_client, ("sqlite", ledger_db), c, how, seconds))
+        out.append(measure_ledger("sqlite", ledger_db, c, how, seconds))
     return out
 
 
@@ -246,11 +263,12 @@ def append_doc(command: str, results: list[Result], line: dict[str, float]) -> N
         "`redis-benchmark -t set` against the same AOF `appendfsync always` server, and "
         "single-row `BEGIN IMMEDIATE; INSERT; COMMIT` in WAL with `synchronous=FULL`. Targets: "
         "Redis admission p99 < 1 ms at 8 clients; SQLite within 2x of one durable commit per "
-        "operation (`sqlite_vs_commit_floor` <= 2). Each client has its own ledger (its own "
-        "connection); 8 clients run as threads of one process, the way a gateway replica's "
-        "requests call the ledger from worker threads (the JSON's `_8c` keys), and as 8 "
-        "processes (`_8p`). The JSON uses the durable `always` rows; the `everysec` rows are for "
-        "comparison only (they may lose the last second on a power loss).\n\n"
+        "operation (`sqlite_vs_commit_floor` <= 2). 8 clients run as threads sharing one ledger, "
+        "the way a gateway replica's requests call the ledger from worker threads (the JSON's "
+        "`_8c` keys; Redis: a connection per thread, SQLite: one connection), and as 8 "
+        "processes with a ledger each (`_8p`); each floor client has its own connection. The "
+        "JSON uses the durable `always` rows; the `everysec` rows are for comparison only (they "
+        "may lose the last second on a power loss).\n\n"
         f"{table(results)}\n\n```json\n{json.dumps(line)}\n```\n"
     )
     DOC.write_text(text.rstrip("\n") + "\n" + section)
