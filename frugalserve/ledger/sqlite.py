@@ -1,7 +1,8 @@
 """SQLite ledger backend: the embedded default of local mode; one database file shared safely
 by many processes on one machine (WAL, synchronous=FULL, every write in BEGIN IMMEDIATE).
 Writers queue first in arrival order within their process (`_FairLock`, one per database
-file), then across processes on a `<db>-writelock` file lock."""
+file), then across processes on a `<db>-writelock` file lock; the writes a ledger's threads
+queue while a transaction runs commit together in its next one (group commit)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import TypeVar, cast
 
 from . import validate
 from .periods import period_bounds, utc
@@ -38,6 +39,10 @@ from .types import (
 log = logging.getLogger(__name__)
 
 MINUTE_US = 60_000_000
+MAX_GROUP = 64
+"""Most queued writes that one transaction commits together."""
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -264,6 +269,16 @@ def _writer_queue(lock_fd: int) -> _FairLock:
         return queue
 
 
+@dataclass
+class _Write:
+    """One queued write: what to run inside a transaction, then its outcome."""
+
+    run: Callable[[sqlite3.Connection], object]
+    done: bool = False
+    result: object = None
+    error: BaseException | None = None
+
+
 def _settlement(row: sqlite3.Row) -> Settlement:
     return Settlement(
         request_id=row["request_id"],
@@ -297,38 +312,74 @@ class SQLiteLedger:
         # they queue first in arrival order.
         self._write_lock_fd = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
         self._writers = _writer_queue(self._write_lock_fd)
+        self._queued: deque[_Write] = deque()  # writes waiting for a transaction
+        self._queued_lock = threading.Lock()
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
         self._conn.execute("PRAGMA foreign_keys = ON")
-        with self._write() as db:
-            had_totals = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals'"
-            ).fetchone()
-            for statement in SCHEMA.split(";\n"):
-                db.execute(statement)
-            if not had_totals:  # a ledger file written before totals existed
-                db.execute(_BACKFILL_TOTALS)
+        self._transact(self._create)
+
+    @staticmethod
+    def _create(db: sqlite3.Connection) -> None:
+        had_totals = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals'"
+        ).fetchone()
+        for statement in SCHEMA.split(";\n"):
+            db.execute(statement)
+        if not had_totals:  # a ledger file written before totals existed
+            db.execute(_BACKFILL_TOTALS)
 
     def _now_us(self) -> int:
         return round(self._clock() * 1_000_000)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One serialized write transaction: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK. Writers
-        read the clock inside it, so the ledger's time never runs backwards across writes.
-        The order of locks: this process's writer queue, this connection, the file lock."""
-        with self._writers, self._lock:
+    def _transact(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `run` in a write transaction and return what it returns, or raise what it
+        raises. Writes that this ledger's other threads queued meanwhile commit in the same
+        transaction (group commit: one fsync for several writes), in the order they were
+        queued, each in its own savepoint, so one that raises leaves no trace and the others
+        are written. Writes read the clock inside it, so the ledger's time never runs
+        backwards across writes."""
+        write = _Write(run)
+        with self._queued_lock:
+            self._queued.append(write)
+        with self._writers:
+            while not write.done:  # a write queued meanwhile by another thread's leader is done
+                self._commit_group()
+        if write.error is not None:
+            raise write.error
+        return cast(T, write.result)
+
+    def _commit_group(self) -> None:
+        """One transaction of the oldest queued writes. The order of locks: this process's
+        writer queue (held by the caller), this connection, the file lock."""
+        with self._lock:
             fcntl.flock(self._write_lock_fd, fcntl.LOCK_EX)
+            with self._queued_lock:
+                group = [self._queued.popleft() for _ in range(min(MAX_GROUP, len(self._queued)))]
+            db = self._conn
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN IMMEDIATE")
                 try:
-                    yield self._conn
+                    for write in group:
+                        db.execute("SAVEPOINT write")
+                        try:
+                            write.result = write.run(db)
+                        except Exception as e:
+                            db.execute("ROLLBACK TO write")
+                            write.error = e
+                        db.execute("RELEASE write")
+                    db.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    if db.in_transaction:  # a failed COMMIT may have rolled back already
+                        db.execute("ROLLBACK")
                     raise
-                self._conn.execute("COMMIT")
+            except BaseException as e:  # nothing of the group was written
+                for write in group:
+                    write.result, write.error = None, e
             finally:
+                for write in group:
+                    write.done = True
                 fcntl.flock(self._write_lock_fd, fcntl.LOCK_UN)
 
     @staticmethod
@@ -346,7 +397,8 @@ class SQLiteLedger:
     def configure_tenant(self, tenant: str, limits: TenantLimits) -> None:
         validate.name("tenant", tenant)
         validate.limits(limits)
-        with self._write() as db:
+
+        def write(db: sqlite3.Connection) -> None:
             now = self._now_us()
             try:
                 t = self._load(db, tenant)
@@ -363,6 +415,8 @@ class SQLiteLedger:
             t.tokens_per_minute = limits.tokens_per_minute
             self._save(db, t)
 
+        self._transact(write)
+
     def reserve(
         self,
         tenant: str,
@@ -377,7 +431,8 @@ class SQLiteLedger:
         lease_us = validate.reservation(
             tenant, request_id, cost_max, tokens_max, lease_s, model, price_version
         )
-        with self._write() as db:
+
+        def write(db: sqlite3.Connection) -> Reservation:
             now = self._now_us()
             t = self._load(db, tenant)
             try:  # a refusal below rolls this back
@@ -395,7 +450,9 @@ class SQLiteLedger:
             t.reserved_tokens += tokens_max
             t.in_flight += 1
             self._save(db, t)
-        return Reservation(tenant, request_id, cost_max, tokens_max, (now + lease_us) / 1e6)
+            return Reservation(tenant, request_id, cost_max, tokens_max, (now + lease_us) / 1e6)
+
+        return self._transact(write)
 
     def _charge(
         self,
@@ -466,7 +523,8 @@ class SQLiteLedger:
         self, request_id: str, cost_micros: int, prompt_tokens: int, completion_tokens: int
     ) -> Settlement:
         validate.settlement(request_id, cost_micros, prompt_tokens, completion_tokens)
-        with self._write() as db:
+
+        def write(db: sqlite3.Connection) -> Settlement:
             now = self._now_us()
             res = self._reservation(db, request_id)
             if res["state"] == "released":
@@ -484,9 +542,12 @@ class SQLiteLedger:
             )
             return self._charge(db, res, charge, now, expired=False)
 
+        return self._transact(write)
+
     def release(self, request_id: str) -> None:
         validate.name("request_id", request_id)
-        with self._write() as db:
+
+        def write(db: sqlite3.Connection) -> None:
             now = self._now_us()
             res = self._reservation(db, request_id)
             if res["state"] != "reserved":
@@ -501,8 +562,10 @@ class SQLiteLedger:
                 "UPDATE reservations SET state = 'released' WHERE request_id = ?", (request_id,)
             )
 
+        self._transact(write)
+
     def expire(self) -> int:
-        with self._write() as db:
+        def write(db: sqlite3.Connection) -> int:
             now = self._now_us()
             due = db.execute(
                 "SELECT request_id FROM reservations WHERE state = 'reserved' AND expires_us <= ?",
@@ -510,7 +573,9 @@ class SQLiteLedger:
             ).fetchall()
             for (request_id,) in due:  # one at a time: each charge changes its tenant's row
                 self._charge_in_full(db, self._reservation(db, request_id), now)
-        return len(due)
+            return len(due)
+
+        return self._transact(write)
 
     def usage(self, tenant: str) -> Usage:
         validate.name("tenant", tenant)

@@ -1,11 +1,11 @@
-"""Writers of one process take turns: threads sharing a SQLite ledger, as a gateway replica's
-request threads share it, are served in arrival order, so none waits behind many writes of
-another. The negative control swaps the queue for a plain lock and sees threads barge."""
+"""Writers of one process take turns and share commits: threads sharing a SQLite ledger, as a
+gateway replica's request threads share it, are served in the order they queued, and writes
+queued while a transaction runs commit together in the next one. The negative controls, one
+write per transaction behind a plain lock, see threads barge and every write commit alone."""
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,54 +18,59 @@ pytestmark = pytest.mark.ledger
 THREADS, PAIRS = 8, 40
 
 
-def longest_streak(tmp_path: Path) -> int:
-    """8 threads reserve and settle through one ledger; the longest run of consecutive writes
-    by one thread while every thread still had writes to do. The ledger reads its clock once
-    inside each write transaction, so the clock sees the order of writes."""
-    writers: list[int] = []
-
-    def clock() -> float:
-        writers.append(threading.get_ident())
-        return time.time()
-
-    ledger = ledger_sqlite.SQLiteLedger(str(tmp_path / "ledger.db"), clock=clock)
+def run_clients(tmp_path: Path) -> tuple[list[int], int]:
+    """8 threads reserve and settle through one ledger. Returns which thread each settlement
+    came from, in the ledger's order, and how many transactions committed."""
+    ledger = ledger_sqlite.SQLiteLedger(str(tmp_path / "ledger.db"))
     ledger.configure_tenant("acme", TenantLimits(period=Period.NEVER))
+    commits = []
+    ledger._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
     start = threading.Barrier(THREADS)
 
     def client(n: int) -> None:
         start.wait()
         for i in range(PAIRS):
-            ledger.reserve("acme", f"t{n}-{i}", 1_000, 100)
-            ledger.settle(f"t{n}-{i}", 500, 10, 20)
+            ledger.reserve("acme", f"{n}-{i}", 1_000, 100)
+            ledger.settle(f"{n}-{i}", 500, 10, 20)
 
-    writers.clear()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(THREADS)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    ledger._conn.set_trace_callback(None)
+    order = [int(s.request_id.split("-")[0]) for s in ledger.settlements("acme")]
     ledger.close()
-    assert len(writers) == THREADS * PAIRS * 2
-    # up to the first thread's last write, every thread still wanted the lock
-    last = min(max(i for i, w in enumerate(writers) if w == ident) for ident in set(writers))
+    assert len(order) == THREADS * PAIRS
+    return order, len(commits)
+
+
+def longest_streak(order: list[int]) -> int:
+    """The longest run of consecutive settlements by one thread while every thread still had
+    some to make (up to the first thread's last one)."""
+    last = min(max(i for i, n in enumerate(order) if n == client) for client in set(order))
     longest = run = 1
-    for before, after in zip(writers[:last], writers[1 : last + 1], strict=True):
+    for before, after in zip(order[:last], order[1 : last + 1], strict=True):
         run = run + 1 if after == before else 1
         longest = max(longest, run)
     return longest
 
 
-def test_threads_sharing_a_ledger_take_turns(tmp_path: Path) -> None:
-    # A thread's reserve and settle may follow each other when no other thread was queued
-    # yet (it was still between its own calls), never a longer run.
-    assert longest_streak(tmp_path) <= 2
+def test_threads_sharing_a_ledger_take_turns_and_share_commits(tmp_path: Path) -> None:
+    order, commits = run_clients(tmp_path)
+    # between two of a thread's settlements, the others' queued writes went first
+    assert longest_streak(order) <= 2
+    assert commits < THREADS * PAIRS  # of 2 * THREADS * PAIRS writes
 
 
-def test_negative_control_a_plain_lock_lets_a_thread_barge(
+def test_negative_control_a_plain_lock_and_one_write_per_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ledger_sqlite, "_writer_queue", lambda fd: threading.Lock())
-    assert longest_streak(tmp_path) > 2
+    monkeypatch.setattr(ledger_sqlite, "MAX_GROUP", 1)
+    order, commits = run_clients(tmp_path)
+    assert longest_streak(order) > 2
+    assert commits == 2 * THREADS * PAIRS
 
 
 def test_ledgers_on_one_file_share_one_queue(tmp_path: Path) -> None:
