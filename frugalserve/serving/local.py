@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frugalserve.api.manifests import load_manifests
+from frugalserve.api.manifests import ManifestError, load_manifests
 from frugalserve.ledger import open_ledger
 from frugalserve.serving.config import (
     GATEWAY_CPUS,
@@ -73,6 +73,18 @@ class LocalPlan:
         """Logical CPUs for the local Ray: every replica placed even on a small machine."""
         return max(math.ceil(self.cpus_needed()), os.cpu_count() or 1)
 
+    def check_gpus(self, available: float) -> None:
+        """Raise ManifestError, naming each model that asks for GPUs, when `available` GPUs
+        cannot hold the first replicas of them all (Serve would wait for GPUs until the
+        timeout)."""
+        wanting = [m for m in self.app.models if m.num_gpus > 0]
+        needed = sum(m.num_gpus * max(m.autoscaling.min_replicas, 1) for m in wanting)
+        if needed > available:
+            raise ManifestError([
+                f"ModelDeployment/{m.name}: spec.resources.gpusPerReplica: {m.num_gpus:g} per"
+                f" replica; this machine has {available:g} GPU(s) and the first replicas need"
+                f" {needed:g} (set it to 0 to run on the CPU)" for m in wanting])
+
 
 def plan(files: list[str], state_dir: Path, *, gateway_replicas: int = 1) -> LocalPlan:
     """Read the manifests; resolve each Tenant's key; point the ledger into `state_dir`."""
@@ -104,7 +116,9 @@ def start(p: LocalPlan, *, host: str = "127.0.0.1", port: int = 8000,
           env: dict[str, str] | None = None, report: Callable[[str], None] = print,
           timeout_s: float = 600.0, extra_cpus: int = 0) -> str:
     """Start a local Ray and Serve, deploy the application, wait until it runs; the base URL.
-    `extra_cpus` leaves logical CPUs for applications deployed beside it (tests)."""
+    On failure (too few GPUs for the plan, a failed deploy, the timeout) it stops what it
+    started before raising. `extra_cpus` leaves logical CPUs for applications deployed beside
+    it (tests)."""
     import ray
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
@@ -112,9 +126,19 @@ def start(p: LocalPlan, *, host: str = "127.0.0.1", port: int = 8000,
     ray.init(address="local", num_cpus=p.cpus() + extra_cpus, include_dashboard=False,
              namespace=APP_NAME, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": SERVE_ENV})
-    client = serve_api.serve_start(http_options={"host": host, "port": port})
-    client.deploy_apps(ServeDeploySchema(applications=[p.application(env)]), _blocking=False)
-    wait_running(report, timeout_s)
+    try:
+        p.check_gpus(ray.cluster_resources().get("GPU", 0))
+    except ManifestError:
+        ray.shutdown()  # before Serve starts: nothing else to stop
+        raise
+    try:
+        client = serve_api.serve_start(http_options={"host": host, "port": port})
+        client.deploy_apps(ServeDeploySchema(applications=[p.application(env)]),
+                           _blocking=False)
+        wait_running(report, timeout_s)
+    except BaseException:
+        stop()
+        raise
     return f"http://{host}:{port}/v1"
 
 
@@ -185,8 +209,8 @@ def serve_forever(files: list[str], state_dir: Path, *, host: str = "127.0.0.1",
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     report(f"starting Ray Serve ({len(p.app.models)} model(s), state in {state_dir})")
+    base_url = start(p, host=host, port=port, report=report)
     try:
-        base_url = start(p, host=host, port=port, report=report)
         report(banner(p, base_url))
         done.wait()
         report("shutting down")
