@@ -42,7 +42,10 @@ controller, the replicas): gRPC between handles and replicas, and user code and 
 on each process's main event loop instead of a thread each. Part of Ray 2.60's
 `RAY_SERVE_THROUGHPUT_OPTIMIZED` set, without its direct ingress (which needs HAProxy); they
 cut a completion's latency through the gateway by about a third (docs/benchmarks.md). Our
-replicas block no event loop: engines step in their own thread, the ledger runs in threads."""
+replicas block no event loop: engines step in their own thread, the ledger runs in threads.
+HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY`) was measured and left off: it saves ~5 ms a
+request, but a non-streaming client hanging up no longer reliably reaches the gateway, so it
+would be charged the whole completion (docs/benchmarks.md)."""
 DEFAULT_STATE_DIR = Path(os.environ.get("FRUGALSERVE_STATE_DIR", "~/.frugalserve")).expanduser()
 
 
