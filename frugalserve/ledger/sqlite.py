@@ -344,7 +344,7 @@ class SQLiteLedger:
         with self._queued_lock:
             self._queued.append(write)
         with self._writers:
-            while not write.done:  # a write queued meanwhile by another thread's leader is done
+            while not write.done:  # done already when an earlier turn's group took it
                 self._commit_group()
         if write.error is not None:
             raise write.error
