@@ -5,7 +5,7 @@ builtin model, CPU). Run: `python bench/serving.py [--requests 200] [--seconds 8
   the gateway over HTTP and straight to the model deployment's handle with the calls the gateway
   makes for it (prepare + complete, the whole completion in one reply); p50/p99 of gateway
   latency minus p50/p99 of the direct latency, calls interleaved. The driver's handle uses the
-  same Serve settings as the gateway's (`local.SERVE_ENV`). Also timed, not subtracted: the
+  same Serve settings as the gateway's (`config.SERVE_ENV`). Also timed, not subtracted: the
   direct streamed call (prepare + generate, a Ray message per token) and `prepare` alone.
 - throughput: 1, 8 and 32 concurrent clients through the gateway, 64 new tokens per request;
   completion tokens/s; batching gain = tokens/s at 32 clients / at 1 client.
@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from frugalserve.serving import local
-from frugalserve.serving.config import model_deployment_name
+from frugalserve.serving.config import SERVE_ENV, model_deployment_name
 from frugalserve.serving.engine import SamplingParams
 
 MANIFEST = """\
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="Sequential calls per path.")
     parser.add_argument("--seconds", type=float, default=8.0, help="Seconds per client level.")
     args = parser.parse_args()
-    os.environ.update(local.SERVE_ENV)  # before Ray loads: this driver's handle routes alike
+    os.environ.update(SERVE_ENV)  # before Ray loads: this driver's handle routes alike
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / "bench.yaml"
         manifest.write_text(MANIFEST)

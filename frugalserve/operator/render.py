@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from frugalserve.api.crds import to_yaml
 from frugalserve.api.models import API_VERSION, ModelDeployment
 from frugalserve.serving.config import (
+    SERVE_ENV,
     AppConfig,
     AutoscalingConfig,
     TenantConfig,
@@ -114,7 +115,10 @@ def serve_config_v2(
 def _container(
     name: str, image: str, resources: dict[str, Any], ports: Sequence[tuple[str, int]] = ()
 ) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": name, "image": image, "resources": resources}
+    container: dict[str, Any] = {
+        "name": name, "image": image, "resources": resources,
+        "env": [{"name": key, "value": value} for key, value in sorted(SERVE_ENV.items())],
+    }
     if ports:
         container["ports"] = [{"name": name_, "containerPort": port} for name_, port in ports]
     return container

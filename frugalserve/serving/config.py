@@ -26,6 +26,22 @@ from frugalserve.ledger import Period as LedgerPeriod
 from frugalserve.ledger import TenantLimits
 from frugalserve.pricing.cost import ReplicaBounds, gpu_hour_usd, replica_bounds, usd_to_micros
 
+SERVE_ENV = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
+"""Ray Serve's own request-path settings for every Ray process (the proxy, the controller, the
+replicas): local mode starts its Ray with them, and the operator puts them into the Ray
+containers of every RayService. gRPC between handles and replicas, and user code and handle
+routers on each process's main event loop instead of a thread each: part of Ray 2.60's
+`RAY_SERVE_THROUGHPUT_OPTIMIZED` set, without its direct ingress (which needs HAProxy); they
+cut a completion's latency through the gateway by about a third (docs/benchmarks.md). Our
+replicas block no event loop: engines step in their own thread, the ledger runs in threads.
+HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY`) was measured and left off: it saves ~5 ms a
+request, but a non-streaming client hanging up no longer reliably reaches the gateway, so it
+would be charged the whole completion (docs/benchmarks.md)."""
+
 APP_IMPORT_PATH = "frugalserve.serving.app:build_app"
 GATEWAY_DEPLOYMENT = "Gateway"
 GATEWAY_CPUS = 0.25

@@ -21,6 +21,7 @@ from frugalserve.ledger import open_ledger
 from frugalserve.serving.config import (
     GATEWAY_CPUS,
     GATEWAY_DEPLOYMENT,
+    SERVE_ENV,
     AppConfig,
     GatewayUserConfig,
     app_config,
@@ -32,20 +33,6 @@ from frugalserve.serving.config import (
 )
 
 APP_NAME = "frugalserve"
-SERVE_ENV = {
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-}
-"""Ray Serve's own request-path settings for every process of the local Ray (the proxy, the
-controller, the replicas): gRPC between handles and replicas, and user code and handle routers
-on each process's main event loop instead of a thread each. Part of Ray 2.60's
-`RAY_SERVE_THROUGHPUT_OPTIMIZED` set, without its direct ingress (which needs HAProxy); they
-cut a completion's latency through the gateway by about a third (docs/benchmarks.md). Our
-replicas block no event loop: engines step in their own thread, the ledger runs in threads.
-HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY`) was measured and left off: it saves ~5 ms a
-request, but a non-streaming client hanging up no longer reliably reaches the gateway, so it
-would be charged the whole completion (docs/benchmarks.md)."""
 DEFAULT_STATE_DIR = Path(os.environ.get("FRUGALSERVE_STATE_DIR", "~/.frugalserve")).expanduser()
 
 

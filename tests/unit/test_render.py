@@ -22,7 +22,7 @@ from frugalserve.operator.render import (
     render,
 )
 from frugalserve.pricing.cost import CostCeilingError, replica_bounds
-from frugalserve.serving.config import AppConfig, GatewayUserConfig
+from frugalserve.serving.config import SERVE_ENV, AppConfig, GatewayUserConfig
 from tests.schemas import ROOT
 
 pytestmark = pytest.mark.unit
@@ -107,6 +107,17 @@ def test_serve_config_is_the_typed_app_config() -> None:
         "default/demo", "default/demo-lite", "default/team-chat"]
     assert user.prices["assistant"].output_per_million_usd == 6.0
     assert by_name["Model-assistant"]["ray_actor_options"]["num_gpus"] == 0
+
+
+def test_every_ray_container_runs_serve_with_the_local_mode_settings() -> None:
+    """The cluster's Ray processes get the Serve settings local mode starts its Ray with."""
+    for md in ALL.models:
+        cluster = render_example(md)["spec"]["rayClusterConfig"]
+        groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        containers = [c for g in groups for c in g["template"]["spec"]["containers"]]
+        assert len(containers) == 1 + len(cluster["workerGroupSpecs"])
+        for container in containers:
+            assert {e["name"]: e["value"] for e in container["env"]} == SERVE_ENV
 
 
 def test_gpus_per_replica_reach_ray_actor_options() -> None:
