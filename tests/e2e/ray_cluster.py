@@ -184,19 +184,18 @@ class RayCluster:
         for pid in self._pids | ({self._head.pid} if self._head else set()):
             with contextlib.suppress(psutil.NoSuchProcess):
                 procs.append(psutil.Process(pid))
-        if self._head is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._head.pid, signal.SIGTERM)
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.terminate()
+        self._signal(signal.SIGTERM, procs)
         _, left = psutil.wait_procs(procs, timeout=GRACE_S)
-        if self._head is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._head.pid, signal.SIGKILL)
-        for proc in left:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
+        self._signal(signal.SIGKILL, left)
         if self._head is not None:
             self._head.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _signal(self, sig: int, procs: list[psutil.Process]) -> None:
+        """sig to the head's process group and to each of procs still alive."""
+        if self._head is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._head.pid, sig)
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
