@@ -8,6 +8,7 @@ bf16 before each matmul.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from enum import StrEnum
 
 import torch
@@ -33,18 +34,18 @@ class TransposedLinear(nn.Module):
         return x @ self.weight_t
 
 
-class _Bf16KernelLinear(nn.Module):
+class _Bf16KernelLinear(nn.Module, ABC):
     """Shared forward of the quantized layouts, in bf16 activations (x [..., in] is cast to
     bf16 and the result back): a fused CPU kernel (`_mm`, [N, in] -> [N, out]) when `fused`,
     else a bf16 matmul with the weights dequantized (`_dequantized`, [out, in]) on the fly."""
 
     fused: bool
 
-    def _mm(self, x2: Tensor) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def _mm(self, x2: Tensor) -> Tensor: ...
 
-    def _dequantized(self) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def _dequantized(self) -> Tensor: ...
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
